@@ -1,0 +1,45 @@
+"""aioconnector: asyncio-native event connectors for OpenFaaS.
+
+Route each message to every function whose ``topic`` annotation names its topic, concurrently and
+within a bound, and stream the results. See ``AsyncController``.
+"""
+
+from ._config import BasicAuth as BasicAuth
+from ._config import ControllerConfig as ControllerConfig
+from ._controller import AsyncController as AsyncController
+from ._controller import ControllerStats as ControllerStats
+from ._errors import AuthenticationError as AuthenticationError
+from ._errors import ConnectorError as ConnectorError
+from ._errors import ControllerStateError as ControllerStateError
+from ._errors import DiscoveryError as DiscoveryError
+from ._errors import GatewayUnavailableError as GatewayUnavailableError
+from ._errors import InvocationCancelledError as InvocationCancelledError
+from ._errors import InvocationError as InvocationError
+from ._errors import ResponseTooLargeError as ResponseTooLargeError
+from ._errors import UpstreamConnectionError as UpstreamConnectionError
+from ._errors import UpstreamStatusError as UpstreamStatusError
+from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
+from ._results import InvocationResult as InvocationResult
+from ._results import ResultStream as ResultStream
+from ._version import __version__ as __version__
+
+__all__ = [
+    "AsyncController",
+    "AuthenticationError",
+    "BasicAuth",
+    "ConnectorError",
+    "ControllerConfig",
+    "ControllerStateError",
+    "ControllerStats",
+    "DiscoveryError",
+    "GatewayUnavailableError",
+    "InvocationCancelledError",
+    "InvocationError",
+    "InvocationResult",
+    "ResponseTooLargeError",
+    "ResultStream",
+    "UpstreamConnectionError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+    "__version__",
+]

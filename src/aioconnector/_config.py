@@ -1,0 +1,335 @@
+"""Validated, immutable connector configuration, from code or from the environment."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import unicodedata
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._topics import SAFE_NAME_RE
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import TypeAlias
+
+    _Validator: TypeAlias = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+__all__ = ["DEFAULT_USER_AGENT", "BasicAuth", "ControllerConfig", "parse_bool", "parse_duration"]
+
+DEFAULT_USER_AGENT = f"aioconnector/{__version__}"
+DEFAULT_GATEWAY_URL = "http://gateway:8080"
+DEFAULT_SECRET_MOUNT_PATH = "/var/openfaas/secrets"  # noqa: S105  (a folder)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def _check_user(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    # RFC 7617: a basic-auth user-id cannot contain a colon.
+    if not value or ":" in value or _has_control(value):
+        raise ValueError(f"{attribute.name} must be non-empty, without ':' or control characters")
+
+
+def _check_password(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    if _has_control(value):  # the value is a secret: never in the message
+        raise ValueError(f"{attribute.name} must not contain control characters")
+
+
+@attrs.frozen
+class BasicAuth:
+    """Basic-auth credentials for the gateway's ``/system/*`` endpoints."""
+
+    user: str = attrs.field(validator=_check_user)
+    password: str = attrs.field(validator=_check_password, repr=lambda _: "'***'")
+
+    @classmethod
+    def from_secrets(cls, path: str | os.PathLike[str] = DEFAULT_SECRET_MOUNT_PATH) -> BasicAuth:
+        """Read ``basic-auth-user`` and ``basic-auth-password`` from an OpenFaaS secrets folder."""
+        user_file = Path(path, "basic-auth-user")
+        user = _read_secret(user_file, "the gateway's basic-auth user name")
+        password = _read_secret(Path(path, "basic-auth-password"), "the basic-auth password")
+        if not user:
+            raise ValueError(f"{user_file} is empty: it should contain the basic-auth user name")
+        try:
+            return cls(user, password)
+        except ValueError as exc:
+            raise ValueError(f"invalid credentials in {os.fspath(path)}: {exc}") from exc
+
+
+def _read_secret(file: Path, meaning: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{file} not found: it should contain {meaning}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{file} is not UTF-8 text") from exc
+
+
+def _strip_slashes(value: str) -> str:
+    try:
+        return value.rstrip("/")
+    except (AttributeError, TypeError):  # not a str: the validator says so, naming the field
+        return value
+
+
+def _check_url(name: str, value: object, *, base: bool) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    authority = re.split(r"[/?#]", value.partition("//")[2], maxsplit=1)[0]
+    if base and "@" in authority:
+        # Not echoed: it holds a password. httpx would not send it to /system/* either.
+        raise ValueError(f"{name} must not contain user:password@, use credentials=BasicAuth(...)")
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port != 0
+    except ValueError as exc:  # a port that is not a number or out of range, bad IPv6 brackets
+        raise ValueError(f"{name} is not a valid URL: {value!r} ({exc})") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {value!r}")
+    if any(char.isspace() for char in value) or _has_control(value):
+        raise ValueError(f"{name} must not contain whitespace or control characters: {value!r}")
+    if not base and not value.isascii():  # sent as a header, which httpx encodes as ASCII
+        raise ValueError(f"{name} must be ASCII (percent-encode the rest), got {value!r}")
+    if base and ("?" in value or "#" in value):
+        raise ValueError(f"{name} must not have a query or fragment, got {value!r}")
+
+
+def _check_gateway_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _check_url(attribute.name, value, base=True)
+
+
+def _check_callback_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _check_url(attribute.name, value, base=False)
+
+
+def _int_to_float(value: float) -> float:
+    # bool is not converted (type() is not isinstance()), so the validator rejects it.
+    return float(value) if type(value) is int else value
+
+
+def _opt_int_to_float(value: float | None) -> float | None:
+    return None if value is None else _int_to_float(value)
+
+
+def _number(low: float, *, strict: bool = True, optional: bool = False) -> _Validator:
+    want = f"{'None or ' if optional else ''}a number {'>' if strict else '>='} {low:g}"
+
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, float):
+            raise TypeError(f"{attribute.name} must be {want}, got {value!r}")
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise ValueError(f"{attribute.name} must be {want}, got {value!r}")
+
+    return check
+
+
+def _positive_int(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{attribute.name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _text(*, empty: bool = True, optional: bool = False, header: bool = False) -> _Validator:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, str):
+            raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+        if not value and not empty:
+            raise ValueError(f"{attribute.name} must not be empty")
+        # An HTTP header value, which httpx encodes as ASCII: anything else fails every call.
+        if header and not all(" " <= char <= "~" for char in value):
+            raise ValueError(f"{attribute.name} must be printable ASCII, got {value!r}")
+
+    return check
+
+
+def _instance(kind: type) -> _Validator:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, kind):
+            raise TypeError(f"{attribute.name} must be a {kind.__name__}, got {value!r}")
+
+    return check
+
+
+def _to_tuple(value: tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_namespaces(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple):
+        raise TypeError(f"{attribute.name} must be None or a tuple of str, got {value!r}")
+    if not value:  # "no namespaces" would silently route nothing; None means discover
+        raise ValueError(f"{attribute.name} must be None (discover) or a non-empty tuple")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"{attribute.name} must hold only str, got {item!r}")
+        if SAFE_NAME_RE.fullmatch(item) is None:  # it becomes part of every function address
+            raise ValueError(f"{attribute.name} must hold valid namespace names, got {item!r}")
+
+
+def _float(default: float, low: float = 0, *, strict: bool = True) -> Any:
+    return attrs.field(
+        default=default, converter=_int_to_float, validator=_number(low, strict=strict)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class ControllerConfig:
+    """Everything the controller needs to know. Change it with ``attrs.evolve``."""
+
+    gateway_url: str = attrs.field(converter=_strip_slashes, validator=_check_gateway_url)
+    upstream_timeout: float | None = attrs.field(
+        default=30.0, converter=_opt_int_to_float, validator=_number(0, optional=True)
+    )
+    lookup_timeout: float = _float(10.0)
+    rebuild_interval: float = _float(30.0)
+    topic_delimiter: str = attrs.field(default=",", validator=_text(empty=False))
+    async_invocation: bool = attrs.field(default=False, validator=_instance(bool))
+    callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
+    content_type: str | None = attrs.field(
+        default=None, validator=_text(optional=True, header=True)
+    )
+    user_agent: str = attrs.field(default=DEFAULT_USER_AGENT, validator=_text(header=True))
+    connector_name: str = attrs.field(
+        default="aioconnector", validator=_text(empty=False, header=True)
+    )
+    credentials: BasicAuth | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_instance(BasicAuth))
+    )
+    # None: ask /system/namespaces on every refresh. A tuple: exactly these, never asked.
+    namespaces: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_to_tuple, validator=_check_namespaces
+    )
+    max_concurrency: int = attrs.field(default=64, validator=_positive_int)
+    result_buffer: int = attrs.field(default=256, validator=_positive_int)
+    startup_timeout: float = _float(30.0)
+    drain_timeout: float = _float(10.0, strict=False)
+    max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ControllerConfig:
+        """Read the variables OpenFaaS connectors use; ``overrides`` that are not None win."""
+        env = os.environ if environ is None else environ
+        unknown = sorted(set(overrides) - set(attrs.fields_dict(cls)))
+        if unknown:
+            raise TypeError(f"from_env() got unexpected keyword arguments {unknown}")
+        given = {name: value for name, value in overrides.items() if value is not None}
+        kwargs: dict[str, Any] = {"gateway_url": DEFAULT_GATEWAY_URL}
+        for var, parse in _ENV_PARSERS.items():
+            name = "async_invocation" if var == "asynchronous_invocation" else var
+            text = env.get(var, "")
+            # A space is a real topic_delimiter; for anything else blank means unset, like "".
+            if name in given or not (text if name == "topic_delimiter" else text.strip()):
+                continue
+            try:
+                kwargs[name] = parse(text)
+                # Validate the field alone, so the error names the variable that set it.
+                cls(**{"gateway_url": DEFAULT_GATEWAY_URL, name: kwargs[name]})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{var}: {exc}") from exc
+        if "credentials" not in given and _env_bool(env, "basic_auth"):
+            path = env.get("secret_mount_path", "").strip() or DEFAULT_SECRET_MOUNT_PATH
+            kwargs["credentials"] = BasicAuth.from_secrets(path)
+        return cls(**(kwargs | given))
+
+
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_MICRO = Fraction(1, 10**6)
+_UNITS = {"ns": Fraction(1, 10**9), "us": _MICRO, "ms": Fraction(1, 1000), "s": Fraction(1)}
+_UNITS |= {"m": Fraction(60), "h": Fraction(3600)}
+_UNITS |= {"\u00b5s": _MICRO, "\u03bcs": _MICRO}  # Go accepts both micro signs
+_DURATION_HINT = "(use e.g. 30s, 1m30s, 500ms or plain seconds)"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``) or a plain number of seconds."""
+    value = text.strip()
+    if value.startswith("-"):
+        raise ValueError(f"invalid duration {text!r}: must not be negative")
+    # No real duration is this long; the cap also bounds the Fraction arithmetic.
+    if not value or len(value) > 100:
+        raise ValueError(f"invalid duration {text!r} {_DURATION_HINT}")
+    if _PLAIN_NUMBER.fullmatch(value):
+        return float(Fraction(value))
+    total, position = Fraction(0), 0
+    while position < len(value):
+        match = _DURATION_PART.match(value, position)
+        if match is None:
+            raise ValueError(f"invalid duration {text!r} {_DURATION_HINT}")
+        total += Fraction(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    return float(total)
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no`` or ``on/off``, in any case."""
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"invalid boolean {text!r} (use true or false)") from None
+
+
+def _parse_timeout(text: str) -> float | None:
+    seconds = parse_duration(text)
+    return None if seconds == 0 else seconds  # "0" means no timeout, as in Go
+
+
+def _env_bool(env: Mapping[str, str], var: str) -> bool:
+    try:
+        return parse_bool(env.get(var, "").strip() or "false")
+    except ValueError as exc:
+        raise ValueError(f"{var}: {exc}") from None
+
+
+def _parse_int(text: str) -> int:
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()) is None:
+        raise ValueError(f"invalid integer {text!r}")
+    return int(text)
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    if not names:
+        raise ValueError(f"no names in {text!r}")
+    return names
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "gateway_url": str.strip,
+    "upstream_timeout": _parse_timeout,
+    **dict.fromkeys(
+        ("rebuild_interval", "lookup_timeout", "startup_timeout", "drain_timeout"), parse_duration
+    ),
+    "topic_delimiter": str,
+    **dict.fromkeys(("content_type", "callback_url", "user_agent", "connector_name"), str.strip),
+    "asynchronous_invocation": parse_bool,
+    "namespaces": _parse_names,
+    **dict.fromkeys(("max_concurrency", "result_buffer", "max_response_bytes"), _parse_int),
+}

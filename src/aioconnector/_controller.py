@@ -1,0 +1,450 @@
+"""`AsyncController`: owns the HTTP client, the background refresh, the limiter and the results."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, final
+
+import anyio
+import attrs
+import httpx
+
+from ._discovery import Discovery
+from ._errors import ControllerStateError, DiscoveryError, InvocationCancelledError
+from ._invoke import HttpxInvoker, Invocation, Invoker
+from ._message import base_headers, check_topic, coerce_body, merge_headers
+from ._results import InvocationResult, ResultHub, ResultStream
+from ._topics import TopicMap
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Mapping, Sequence
+
+    from anyio.abc import TaskGroup, TaskStatus
+    from typing_extensions import Self
+
+    from ._config import ControllerConfig
+    from ._message import Body
+
+__all__ = ["AsyncController", "ControllerStats"]
+
+logger = logging.getLogger("aioconnector")
+
+# After drain_timeout, cancelled invocations get this long to hand their results to subscribers.
+_CANCEL_GRACE = 5.0
+_REFRESH_RETRY_FIRST = 1.0
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@attrs.frozen(kw_only=True)
+class ControllerStats:
+    """A snapshot of the controller's counters, from :meth:`AsyncController.stats`."""
+
+    messages: int
+    """Messages accepted by ``invoke``/``submit`` (matched or not)."""
+    unmatched_messages: int
+    """Accepted messages whose topic matched no function (no invocation was made)."""
+    invocations_started: int
+    invocations_succeeded: int
+    invocations_failed: int
+    """Invocations whose result was not ok (error statuses, timeouts, cancellations...)."""
+    in_flight: int
+    """Invocations holding a concurrency slot right now (at most ``max_concurrency``)."""
+    topics: int
+    functions: int
+    refreshes: int
+    """Successful topic-map builds, the first one included."""
+    refresh_failures: int
+    last_refresh: datetime | None
+    """When the topic map was last built successfully (UTC)."""
+    last_refresh_error: str | None
+    """The last refresh failure's message; ``None`` once a refresh succeeds again."""
+
+
+@final
+class AsyncController(anyio.AsyncContextManagerMixin):
+    """Routes messages to the OpenFaaS functions whose ``topic`` annotation names their topic.
+
+    Use it as ``async with AsyncController(config) as controller:``. Entering builds the first
+    topic map (retrying until ``startup_timeout``) and starts the background refresh; leaving
+    drains submitted invocations (up to ``drain_timeout``), ends every results stream and closes
+    the HTTP client. A controller is single-use.
+
+    ``transport`` replaces the HTTP transport for lookups and invocations alike: pass an
+    ``httpx.MockTransport``, ``FakeGateway.transport()`` or any ``httpx.AsyncBaseTransport``.
+    """
+
+    def __init__(
+        self, config: ControllerConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._config = config
+        self._transport = transport
+        self._state = _State.NEW
+        self._map = TopicMap.EMPTY
+        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._hub = ResultHub(config.result_buffer)
+        self._base_headers = base_headers(
+            {
+                "User-Agent": config.user_agent,
+                "X-Connector": config.connector_name,
+                "Content-Type": config.content_type,
+                "X-Callback-Url": config.callback_url if config.async_invocation else None,
+            }
+        )
+        self._session: _Session | None = None  # what exists only while running
+        # Shutdown bookkeeping: fan-outs in progress, and the scopes of running invocations.
+        self._busy = 0
+        self._idle: anyio.Event | None = None
+        self._cancelling = False
+        self._active: set[anyio.CancelScope] = set()
+        self._counts = _Counts()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def __asynccontextmanager__(self) -> AsyncGenerator[Self, None]:
+        if self._state is not _State.NEW:
+            raise ControllerStateError(
+                "an AsyncController can be entered only once; create a new one"
+            )
+        self._state = _State.STARTING
+        try:
+            async with self._client() as client, anyio.create_task_group() as tg:
+                discovery = Discovery(client, self._config)
+                self._install(await discovery.fetch_at_startup())
+                refresher = _Refresher(self, discovery)
+                self._session = _Session(
+                    invoker=HttpxInvoker(client, self._config),
+                    refresher=refresher,
+                    task_group=tg,
+                )
+                refresh_scope = await tg.start(refresher.run_forever)
+                self._state = _State.RUNNING
+                try:
+                    yield self
+                finally:
+                    await self._shutdown(refresh_scope)
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        finally:
+            self._state = _State.CLOSED
+            self._hub.close()
+
+    def _client(self) -> httpx.AsyncClient:
+        size = self._config.max_concurrency
+        return httpx.AsyncClient(
+            transport=self._transport,
+            # Invocations never exceed max_concurrency; the spare connections keep lookups
+            # from queueing behind them.
+            limits=httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2),
+            timeout=httpx.Timeout(None),  # deadlines are ours: whole-call, not per-read
+            follow_redirects=False,  # credentials never follow a redirect
+            trust_env=False,
+        )
+
+    async def _shutdown(self, refresh_scope: anyio.CancelScope) -> None:
+        self._state = _State.CLOSING
+        idle = self._idle = anyio.Event()
+        with anyio.CancelScope(shield=True):
+            if self._busy:
+                with anyio.move_on_after(self._config.drain_timeout):
+                    await idle.wait()
+            if self._busy:
+                logger.warning(
+                    "drain_timeout=%ss passed with %d message(s) in flight; cancelling them",
+                    self._config.drain_timeout,
+                    self._busy,
+                )
+                self._cancelling = True
+                for scope in tuple(self._active):
+                    scope.cancel()
+                with anyio.move_on_after(_CANCEL_GRACE):
+                    await idle.wait()
+            refresh_scope.cancel()
+            self._hub.close()  # wakes publishers blocked on a subscriber that stopped reading
+
+    # -- the public API ----------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        topic: str,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        context: object = None,
+    ) -> Sequence[InvocationResult]:
+        """Invoke every function subscribed to ``topic`` concurrently and return their results.
+
+        The results (one per matched function, in address order, empty when nothing matched)
+        are also published to every results stream. Failures are results, not exceptions.
+        Cancelling the call cancels its requests.
+        """
+        template, functions = self._accept(topic, body, headers, context)
+        if not functions:
+            return ()
+        self._busy += 1
+        return await self._fan_out(template, functions)
+
+    async def submit(
+        self,
+        topic: str,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        context: object = None,
+    ) -> int:
+        """Admit a message and return as soon as capacity is free for its first invocation.
+
+        The invocations run in the controller's task group; their results go to the results
+        streams. Returns how many functions matched (0: nothing will be invoked).
+        """
+        template, functions = self._accept(topic, body, headers, context)
+        if not functions:
+            return 0
+        token = await self._acquire()
+        session = self._session
+        if session is None or self._state is not _State.RUNNING:
+            self._release(token)
+            raise ControllerStateError("the controller began shutting down before admission")
+        self._busy += 1
+        session.task_group.start_soon(self._fan_out, template, functions, token)
+        return len(functions)
+
+    def results(self) -> ResultStream:
+        """Subscribe to every result produced from now on.
+
+        Use under ``async with``; iterate with ``async for``. While this stream's buffer
+        (``result_buffer``) is full, invocations wait: nothing is dropped, so keep reading.
+        """
+        return self._hub.subscribe()
+
+    def topics(self) -> frozenset[str]:
+        """The topics currently routed to at least one function."""
+        return self._map.topics()
+
+    def functions_for(self, topic: str) -> tuple[str, ...]:
+        """The addresses (``name.namespace``) of the functions a message on ``topic`` invokes."""
+        return self._map.functions_for(topic)
+
+    async def refresh(self) -> None:
+        """Rebuild the topic map now. On failure the old map stays and the error is raised."""
+        if self._session is None or self._state is not _State.RUNNING:
+            raise ControllerStateError(f"cannot refresh: the controller is {self._state.value}")
+        await self._session.refresher.refresh()
+
+    def stats(self) -> ControllerStats:
+        """A snapshot of the counters."""
+        counts = self._counts
+        return ControllerStats(
+            messages=counts.messages,
+            unmatched_messages=counts.unmatched,
+            invocations_started=counts.started,
+            invocations_succeeded=counts.succeeded,
+            invocations_failed=counts.failed,
+            in_flight=int(self._limiter.borrowed_tokens),
+            topics=len(self._map.topics()),
+            functions=self._map.function_count,
+            refreshes=counts.refreshes,
+            refresh_failures=counts.refresh_failures,
+            last_refresh=counts.last_refresh,
+            last_refresh_error=counts.last_refresh_error,
+        )
+
+    @property
+    def config(self) -> ControllerConfig:
+        """The configuration this controller was created with."""
+        return self._config
+
+    # -- the data path -----------------------------------------------------------------------
+
+    def _accept(
+        self, topic: str, body: Body, headers: Mapping[str, str] | None, context: object
+    ) -> tuple[Invocation, tuple[str, ...]]:
+        topic = check_topic(topic)
+        payload = coerce_body(body)
+        merged = merge_headers(self._base_headers, topic, headers)
+        if self._state is not _State.RUNNING:
+            raise ControllerStateError(
+                "the controller is not running: use it inside `async with AsyncController(...)`"
+                if self._state in (_State.NEW, _State.STARTING)
+                else f"the controller is {self._state.value}; no new messages are accepted"
+            )
+        functions = self._map.functions_for(topic)
+        self._counts.messages += 1
+        if not functions:
+            self._counts.unmatched += 1
+        template = Invocation(
+            topic=topic, function="", body=payload, headers=merged, context=context
+        )
+        return template, functions
+
+    async def _fan_out(
+        self, template: Invocation, functions: tuple[str, ...], token: object | None = None
+    ) -> tuple[InvocationResult, ...]:
+        # Each invocation takes a slot *before* its task starts, so waiting costs no task.
+        try:
+            if len(functions) == 1:
+                first = token if token is not None else await self._acquire()
+                token = None
+                return (await self._run(first, attrs.evolve(template, function=functions[0])),)
+            results: list[InvocationResult | None] = [None] * len(functions)
+            async with anyio.create_task_group() as tg:
+                for index, function in enumerate(functions):
+                    held = token if token is not None else await self._acquire()
+                    token = None
+                    invocation = attrs.evolve(template, function=function)
+                    tg.start_soon(self._run_into, results, index, held, invocation)
+            return tuple(r for r in results if r is not None)
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        finally:
+            if token is not None:
+                self._release(token)
+            self._busy -= 1
+            if self._busy == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _run_into(
+        self,
+        results: list[InvocationResult | None],
+        index: int,
+        token: object,
+        invocation: Invocation,
+    ) -> None:
+        results[index] = await self._run(token, invocation)
+
+    async def _run(self, token: object, invocation: Invocation) -> InvocationResult:
+        """Invoke one function with a slot already held; always releases it."""
+        try:
+            self._counts.started += 1
+            result: InvocationResult | None = None
+            started = anyio.current_time()
+            session = self._session
+            sent = False
+            if session is not None and not self._cancelling:
+                sent = True
+                with anyio.CancelScope() as scope:
+                    self._active.add(scope)
+                    try:
+                        result = await session.invoker.invoke(invocation)
+                    finally:
+                        self._active.discard(scope)
+            if result is None:  # shutdown cancelled it (or it never started)
+                result = _cancelled(invocation, anyio.current_time() - started, attempts=int(sent))
+            if result.ok:
+                self._counts.succeeded += 1
+            else:
+                self._counts.failed += 1
+            await self._hub.publish(result)
+            return result
+        finally:
+            self._release(token)
+
+    async def _acquire(self) -> object:
+        token = object()
+        await self._limiter.acquire_on_behalf_of(token)
+        return token
+
+    def _release(self, token: object) -> None:
+        self._limiter.release_on_behalf_of(token)
+
+    def _install(self, topic_map: TopicMap) -> None:
+        self._map = topic_map  # one assignment: an invocation sees the old map or the new one
+        counts = self._counts
+        counts.refreshes += 1
+        counts.last_refresh = datetime.now(timezone.utc)
+        counts.last_refresh_error = None
+
+
+@attrs.frozen
+class _Session:
+    invoker: Invoker
+    refresher: _Refresher
+    task_group: TaskGroup
+
+
+@attrs.define
+class _Counts:
+    messages: int = 0
+    unmatched: int = 0
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
+    last_refresh: datetime | None = None
+    last_refresh_error: str | None = None
+
+
+@final
+class _Refresher:
+    """The background refresh loop, and on-demand refreshes serialised with it."""
+
+    def __init__(self, controller: AsyncController, discovery: Discovery) -> None:
+        self._controller = controller
+        self._discovery = discovery
+        self._lock = anyio.Lock()
+
+    async def refresh(self) -> None:
+        controller = self._controller
+        async with self._lock:
+            try:
+                topic_map = await self._discovery.fetch()
+            except DiscoveryError as exc:
+                controller._counts.refresh_failures += 1
+                controller._counts.last_refresh_error = str(exc)
+                logger.warning("topic map refresh failed; keeping the last map: %s", exc)
+                raise
+            controller._install(topic_map)
+        logger.debug(
+            "topic map rebuilt: %d topic(s), %d function(s)",
+            len(topic_map.topics()),
+            topic_map.function_count,
+        )
+
+    async def run_forever(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        interval = self._controller.config.rebuild_interval
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)
+            delay = interval
+            retry = min(_REFRESH_RETRY_FIRST, interval)
+            while True:
+                await anyio.sleep(delay)
+                try:
+                    await self.refresh()
+                except DiscoveryError:
+                    delay, retry = retry, min(retry * 2, interval)  # sooner than usual, backing off
+                else:
+                    delay, retry = interval, min(_REFRESH_RETRY_FIRST, interval)
+
+
+def _cancelled(invocation: Invocation, duration: float, *, attempts: int) -> InvocationResult:
+    return InvocationResult(
+        topic=invocation.topic,
+        function=invocation.function,
+        status=None,
+        duration=duration,
+        error=InvocationCancelledError(
+            f"{invocation.function}: cancelled at shutdown after drain_timeout"
+        ),
+        attempts=attempts,
+        context=invocation.context,
+    )
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The single exception a task group wrapped, so users see their own error as raised."""
+    return group.exceptions[0] if len(group.exceptions) == 1 else group

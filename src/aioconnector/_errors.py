@@ -1,0 +1,83 @@
+"""The exceptions of aioconnector, all under one base.
+
+::
+
+    ConnectorError
+     ├── ControllerStateError (also RuntimeError)   controller not entered, closing, or reused
+     ├── DiscoveryError                             a /system/* lookup failed
+     │    ├── AuthenticationError                   the gateway answered 401/403: fix credentials
+     │    └── GatewayUnavailableError               no topic map within startup_timeout
+     └── InvocationError                            one invocation did not succeed; carried in
+          │                                         InvocationResult.error, never raised by invoke()
+          ├── UpstreamStatusError                   the function (or gateway) answered non-2xx
+          ├── UpstreamTimeoutError (also TimeoutError)  no answer within upstream_timeout
+          ├── UpstreamConnectionError (also ConnectionError)  could not connect, or connection lost
+          ├── ResponseTooLargeError                 the response exceeded max_response_bytes
+          └── InvocationCancelledError              cancelled by shutdown after drain_timeout
+
+Invalid arguments raise the builtin ``ValueError`` or ``TypeError`` at the call site.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectorError",
+    "ControllerStateError",
+    "DiscoveryError",
+    "GatewayUnavailableError",
+    "InvocationCancelledError",
+    "InvocationError",
+    "ResponseTooLargeError",
+    "UpstreamConnectionError",
+    "UpstreamStatusError",
+    "UpstreamTimeoutError",
+]
+
+
+class ConnectorError(Exception):
+    """Base class of every error aioconnector raises or reports."""
+
+
+class ControllerStateError(ConnectorError, RuntimeError):
+    """The controller is not running: not entered yet, shutting down, closed, or entered twice."""
+
+
+class DiscoveryError(ConnectorError):
+    """A lookup of namespaces or functions on the gateway failed (status, bad JSON, timeout)."""
+
+
+class AuthenticationError(DiscoveryError):
+    """The gateway rejected the credentials (HTTP 401 or 403) on ``/system/*``."""
+
+
+class GatewayUnavailableError(DiscoveryError):
+    """The first topic map could not be built within ``startup_timeout``."""
+
+
+class InvocationError(ConnectorError):
+    """An invocation did not succeed. Reported in ``InvocationResult.error``, not raised."""
+
+
+class UpstreamStatusError(InvocationError):
+    """The gateway or the function answered with a status outside 2xx."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"function answered HTTP {status}")
+        self.status = status
+
+
+class UpstreamTimeoutError(InvocationError, TimeoutError):
+    """No complete answer within ``upstream_timeout``."""
+
+
+class UpstreamConnectionError(InvocationError, ConnectionError):
+    """The connection to the gateway could not be made or was lost mid-request."""
+
+
+class ResponseTooLargeError(InvocationError):
+    """The response body was larger than ``max_response_bytes``; it was not kept."""
+
+
+class InvocationCancelledError(InvocationError):
+    """The controller shut down and cancelled this invocation after ``drain_timeout``."""

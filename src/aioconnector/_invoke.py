@@ -1,0 +1,126 @@
+"""One invocation on the wire: what to send (`Invocation`), and the `Invoker` that sends it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, final
+from urllib.parse import quote
+
+import anyio
+import attrs
+import httpx
+
+from ._errors import (
+    InvocationError,
+    ResponseTooLargeError,
+    UpstreamConnectionError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from ._results import InvocationResult
+
+if TYPE_CHECKING:
+    from ._config import ControllerConfig
+
+__all__ = ["HttpxInvoker", "Invocation", "Invoker"]
+
+
+@attrs.frozen(kw_only=True)
+class Invocation:
+    """Everything needed to invoke one function for one message; headers already merged."""
+
+    topic: str
+    function: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    context: object = attrs.field(default=None, eq=False, hash=False)
+
+
+class Invoker(Protocol):
+    """Sends one invocation. Per-call failures come back as results; cancellation propagates."""
+
+    async def invoke(self, invocation: Invocation) -> InvocationResult: ...
+
+
+@final
+class HttpxInvoker:
+    """Invokes functions through the gateway with a shared ``httpx.AsyncClient``."""
+
+    def __init__(self, client: httpx.AsyncClient, config: ControllerConfig) -> None:
+        route = "async-function" if config.async_invocation else "function"
+        self._prefix = f"{config.gateway_url}/{route}/"
+        self._client = client
+        self._timeout = config.upstream_timeout
+        self._max_bytes = config.max_response_bytes
+
+    def url_for(self, function: str) -> str:
+        # safe="" quotes "/" too: an address can never leave /function/.
+        return self._prefix + quote(function, safe="")
+
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        started = anyio.current_time()
+        status: int | None = None
+        headers: dict[str, str] = {}
+        body = b""
+        error: InvocationError | None = None
+        # One deadline for the whole exchange (httpx's timeouts are per read, not per call).
+        with anyio.move_on_after(self._timeout) as deadline:
+            try:
+                async with self._client.stream(
+                    "POST",
+                    self.url_for(invocation.function),
+                    content=invocation.body,
+                    headers=invocation.headers,
+                ) as response:
+                    status = response.status_code
+                    headers = _flatten(response.headers)
+                    body = await _read_capped(response, self._max_bytes)
+            except httpx.TimeoutException as exc:
+                error = UpstreamTimeoutError(f"{invocation.function}: {type(exc).__name__}")
+            except httpx.TransportError as exc:
+                error = UpstreamConnectionError(f"{invocation.function}: {_describe(exc)}")
+            except ResponseTooLargeError as exc:
+                error = exc
+                body = b""
+        if deadline.cancelled_caught:
+            error = UpstreamTimeoutError(
+                f"{invocation.function}: no complete answer within {self._timeout}s"
+            )
+        elif error is None and status is not None and not 200 <= status < 300:
+            error = UpstreamStatusError(status)
+        return InvocationResult(
+            topic=invocation.topic,
+            function=invocation.function,
+            status=status,
+            body=body,
+            headers=headers,
+            duration=anyio.current_time() - started,
+            error=error,
+            call_id=headers.get("x-call-id"),
+            context=invocation.context,
+        )
+
+
+def _flatten(headers: httpx.Headers) -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for name, value in headers.multi_items():
+        flat[name] = f"{flat[name]}, {value}" if name in flat else value
+    return flat
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLargeError(f"response of {declared} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLargeError(f"response exceeds max_response_bytes={limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,70 @@
+"""Checking what a caller hands to ``invoke``/``submit``, and merging the headers to send."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+__all__ = ["Body", "HeaderBlock", "check_topic", "coerce_body", "merge_headers"]
+
+Body = bytes | bytearray | memoryview | str
+HeaderBlock = dict[str, tuple[str, str]]  # lower-cased name -> (name as given, value)
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in header values
+_TOPIC_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Framing is ours to set from the body; a caller's value could desynchronise the connection.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "host"})
+
+
+def check_topic(topic: object) -> str:
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be a str, got {type(topic).__name__}")
+    if not topic:
+        raise ValueError("topic must not be empty")
+    if _TOPIC_CONTROL.search(topic):
+        raise ValueError(f"topic must not contain control characters (CR, LF, ...): {topic!r}")
+    return topic
+
+
+def coerce_body(body: object) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    raise TypeError(f"body must be bytes, bytearray, memoryview or str, got {type(body).__name__}")
+
+
+def base_headers(values: Mapping[str, str | None]) -> HeaderBlock:
+    """The controller's own headers, prepared once; ``None`` values are left out."""
+    return {name.lower(): (name, value) for name, value in values.items() if value is not None}
+
+
+def merge_headers(
+    base: HeaderBlock, topic: str, extra: Mapping[str, str] | None
+) -> tuple[tuple[str, str], ...]:
+    """Base headers, ``X-Topic``, then the caller's, which replace ours case-insensitively."""
+    merged = dict(base)
+    merged["x-topic"] = ("X-Topic", topic)
+    if extra:
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"headers must be a mapping of str to str, got {type(extra).__name__}")
+        for name, value in extra.items():
+            _check_header(name, value)
+            merged[name.lower()] = (name, value)
+    return tuple(merged.values())
+
+
+def _check_header(name: object, value: object) -> None:
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise TypeError(
+            f"header {name!r}: names and values must be str, got {type(value).__name__}"
+        )
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not a valid HTTP token")
+    if name.lower() in _FRAMING:
+        raise ValueError(f"header {name!r} is set by aioconnector and cannot be given")
+    if _CONTROL.search(value):
+        raise ValueError(f"header {name!r}: value must not contain CR, LF or control characters")

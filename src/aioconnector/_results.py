@@ -1,0 +1,150 @@
+"""What one invocation produced, and the streams that carry results to subscribers."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, final
+
+import anyio
+import attrs
+
+from ._errors import ControllerStateError, InvocationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import TracebackType
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from typing_extensions import Self
+
+__all__ = ["InvocationResult", "ResultHub", "ResultStream"]
+
+logger = logging.getLogger("aioconnector")
+
+
+@attrs.frozen(kw_only=True)
+class InvocationResult:
+    """The outcome of invoking one function for one message.
+
+    Per-call failures (timeouts, connection errors, non-2xx answers, shutdown) are values here:
+    ``error`` is set and ``ok`` is false. ``invoke()`` never raises for them.
+    """
+
+    topic: str
+    """The message's topic."""
+    function: str
+    """The function's address on the gateway, ``name.namespace`` (or ``name``)."""
+    status: int | None
+    """The HTTP status the gateway answered with; ``None`` when no answer arrived."""
+    body: bytes = b""
+    """The response body (empty when no answer arrived)."""
+    headers: Mapping[str, str] = attrs.field(factory=dict, eq=False, hash=False)
+    """Response headers, names lower-cased; repeated headers joined with ``", "``."""
+    duration: float = 0.0
+    """Seconds from the start of the first attempt to the end of the last."""
+    error: InvocationError | None = attrs.field(default=None, eq=False, hash=False)
+    """Why the invocation did not succeed, or ``None``."""
+    call_id: str | None = None
+    """The gateway's ``X-Call-Id`` for this call, when it sent one."""
+    attempts: int = 1
+    """How many requests were made (1 without retries; 0 when cancelled before sending)."""
+    context: object = attrs.field(default=None, eq=False, hash=False)
+    """Whatever the caller passed as ``context=`` to ``invoke``/``submit``, for correlation."""
+
+    @property
+    def ok(self) -> bool:
+        """True when the function answered 2xx and nothing went wrong."""
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+
+@final
+class ResultStream:
+    """An async iterator over results, registered with the controller when it was created.
+
+    Use it under ``async with`` (or call :meth:`aclose`): closing it unsubscribes at once. It ends
+    when the controller exits, after every result already buffered has been delivered.
+    """
+
+    def __init__(self, receive: MemoryObjectReceiveStream[InvocationResult], hub: ResultHub):
+        self._receive = receive
+        self._hub = hub
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> InvocationResult:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._receive.close()  # an exhausted stream needs no aclose() from the user
+            raise StopAsyncIteration from None
+
+    async def receive(self) -> InvocationResult:
+        """The next result; raises ``anyio.EndOfStream`` once the controller has exited."""
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        """Unsubscribe now; results buffered but not yet read are discarded."""
+        self._receive.close()
+        self._hub.discard(self)
+
+    @property
+    def buffered(self) -> int:
+        """How many results wait in this stream's buffer."""
+        return self._receive.statistics().current_buffer_used
+
+
+@final
+class ResultHub:
+    """Fans each result out to every subscriber, holding the publisher back while one is full."""
+
+    def __init__(self, buffer: int) -> None:
+        self._buffer = buffer
+        self._subscribers: dict[ResultStream, MemoryObjectSendStream[InvocationResult]] = {}
+        self._closed = False
+
+    def subscribe(self) -> ResultStream:
+        if self._closed:
+            raise ControllerStateError("the controller has exited; its results have ended")
+        send, receive = anyio.create_memory_object_stream[InvocationResult](self._buffer)
+        stream = ResultStream(receive, self)
+        self._subscribers[stream] = send
+        return stream
+
+    def discard(self, stream: ResultStream) -> None:
+        send = self._subscribers.pop(stream, None)
+        if send is not None:
+            send.close()
+
+    async def publish(self, result: InvocationResult) -> None:
+        if not self._subscribers:
+            return
+        for stream, send in tuple(self._subscribers.items()):
+            try:
+                await send.send(result)
+            except anyio.BrokenResourceError:
+                self.discard(stream)  # the subscriber closed its end meanwhile
+            except anyio.ClosedResourceError:
+                # The hub closed during shutdown while this subscriber was still full.
+                logger.warning(
+                    "a result for %s was not delivered: a results stream stopped reading "
+                    "during shutdown",
+                    result.function,
+                )
+
+    def close(self) -> None:
+        """End every stream (after what it has buffered); later subscriptions fail."""
+        self._closed = True
+        for stream in tuple(self._subscribers):
+            self.discard(stream)

@@ -1,0 +1,176 @@
+"""Pure parsing of the gateway's ``/system/*`` JSON into an immutable topic map."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+from ._errors import DiscoveryError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = ["SAFE_NAME_RE", "ParsedFunctions", "TopicMap", "parse_functions", "parse_namespaces"]
+
+#: A function or namespace name that is safe as one URL path segment: no "/", no dot-segment,
+#: no whitespace, "%", "?" or "#". Use with ``fullmatch`` (``$`` would accept a trailing "\n").
+SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+
+_MAX_DESCRIPTION = 80
+
+
+def _load(payload: bytes | str, endpoint: str) -> list[Any]:
+    try:
+        data = json.loads(payload)
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; absurd nesting is a RecursionError.
+    except (ValueError, RecursionError) as exc:
+        raise DiscoveryError(f"invalid {endpoint} response: not JSON ({exc})") from exc
+    if not isinstance(data, list):
+        raise DiscoveryError(
+            f"invalid {endpoint} response: expected a JSON array, got {_json_type(data)}"
+        )
+    return data
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array"
+
+
+def _describe(value: str) -> str:
+    # repr() escapes control characters, so the text is safe to put in a log line.
+    text = repr(value)
+    return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def parse_namespaces(payload: bytes | str) -> tuple[str, ...]:
+    """Parse ``GET /system/namespaces``: a JSON array of names, blanks and duplicates dropped."""
+    data = _load(payload, "/system/namespaces")
+    for index, item in enumerate(data):
+        if not isinstance(item, str):
+            raise DiscoveryError(
+                f"invalid /system/namespaces response: item {index} is {_json_type(item)},"
+                " not a string"
+            )
+    return tuple(dict.fromkeys(item for item in data if item.strip()))
+
+
+@attrs.frozen
+class ParsedFunctions:
+    """What :func:`parse_functions` found: routes to use, and functions it had to leave out."""
+
+    routes: tuple[tuple[str, tuple[str, ...]], ...]
+    skipped: tuple[str, ...]
+
+
+def _topics_of(item: Mapping[str, Any], delimiter: str) -> tuple[str, ...]:
+    annotations = item.get("annotations")
+    if not isinstance(annotations, dict):
+        return ()
+    annotation = annotations.get("topic")
+    if not isinstance(annotation, str):
+        return ()
+    parts = (part.strip() for part in annotation.split(delimiter))
+    # dict.fromkeys keeps first-seen order, so a topic listed twice invokes the function once.
+    return tuple(dict.fromkeys(p for p in parts if p and not _has_control(p)))
+
+
+def parse_functions(
+    payload: bytes | str, *, namespace: str | None, delimiter: str
+) -> ParsedFunctions:
+    """Parse ``GET /system/functions`` into ``(address, topics)`` routes.
+
+    Malformed items and unsafe names are reported in ``skipped``, never raised: one odd
+    function must not stop the connector from serving all the others.
+    """
+    if not delimiter:
+        raise ValueError(f"delimiter must be a non-empty str, got {delimiter!r}")
+    data = _load(payload, "/system/functions")
+    ns_ok = not namespace or SAFE_NAME_RE.fullmatch(namespace) is not None
+    routes: list[tuple[str, tuple[str, ...]]] = []
+    skipped: list[str] = []
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            skipped.append(f"item {index}: {_json_type(item)}, not an object")
+            continue
+        name = item.get("name")
+        if not isinstance(name, str):
+            what = "missing" if name is None else f"{_json_type(name)}, not a string"
+            skipped.append(f"item {index}: name is {what}")
+            continue
+        topics = _topics_of(item, delimiter)
+        if not topics:
+            # Not routed anyway, so an odd name here is no reason for a warning.
+            continue
+        if SAFE_NAME_RE.fullmatch(name) is None:
+            skipped.append(f"{_describe(name)}: not a safe function name")
+        elif not ns_ok:
+            skipped.append(f"{_describe(name)}: namespace {_describe(namespace or '')} not safe")
+        else:
+            routes.append((f"{name}.{namespace}" if namespace else name, topics))
+    return ParsedFunctions(routes=tuple(routes), skipped=tuple(skipped))
+
+
+@attrs.frozen(repr=False)
+class TopicMap:
+    """Which function addresses each topic routes to. Immutable: replaced whole on refresh."""
+
+    EMPTY: ClassVar[TopicMap]
+
+    # A plain dict, never handed out, so functions_for() is one dict lookup.
+    _by_topic: Mapping[str, tuple[str, ...]] = attrs.field(hash=False)
+    _function_count: int
+
+    @classmethod
+    def build(cls, routes: Iterable[tuple[str, Iterable[str]]]) -> TopicMap:
+        """Build a map from ``(address, topics)`` pairs; repeated pairs are merged."""
+        by_topic: dict[str, set[str]] = {}
+        addresses: set[str] = set()
+        for address, topics in routes:
+            if isinstance(topics, str):
+                # Iterating a str would route every single character as a topic.
+                raise TypeError(f"topics of {address!r} must be an iterable of str, not a str")
+            for topic in topics:
+                by_topic.setdefault(topic, set()).add(address)
+                addresses.add(address)
+        return cls({t: tuple(sorted(a)) for t, a in by_topic.items()}, len(addresses))
+
+    def functions_for(self, topic: str) -> tuple[str, ...]:
+        """The sorted addresses of the functions subscribed to ``topic``; ``()`` if none."""
+        return self._by_topic.get(topic, ())
+
+    def topics(self) -> frozenset[str]:
+        """Every topic that routes to at least one function."""
+        return frozenset(self._by_topic)
+
+    @property
+    def function_count(self) -> int:
+        """How many distinct function addresses have at least one topic."""
+        return self._function_count
+
+    def as_dict(self) -> dict[str, tuple[str, ...]]:
+        """A new ``{topic: addresses}`` dict sorted by topic, for display or JSON."""
+        return {topic: self._by_topic[topic] for topic in sorted(self._by_topic)}
+
+    def __repr__(self) -> str:
+        return f"TopicMap(topics={len(self._by_topic)}, functions={self._function_count})"
+
+
+TopicMap.EMPTY = TopicMap.build(())
