@@ -1,0 +1,30 @@
+"""Test helpers for aioconnector users: an in-memory OpenFaaS gateway.
+
+:class:`FakeGateway` answers ``/system/namespaces``, ``/system/functions``, ``/function/`` and
+``/async-function/`` like a real gateway, in-process (:meth:`FakeGateway.transport`) or over
+loopback HTTP (:meth:`FakeGateway.serve`), records every request and injects faults::
+
+    gw = FakeGateway(auth=("admin", "secret"))
+    gw.add_function("echo", topics=["orders"])
+    async with httpx.AsyncClient(transport=gw.transport(), base_url="http://gw.test") as client:
+        response = await client.post("/function/echo", content=b"hi")
+    assert gw.invocations("echo")[0].body == b"hi"
+"""
+
+from __future__ import annotations
+
+from ._faults import SystemEndpoint as SystemEndpoint
+from ._gateway import DEFAULT_NAMESPACE as DEFAULT_NAMESPACE
+from ._gateway import FakeGateway as FakeGateway
+from ._models import FakeResponse as FakeResponse
+from ._models import Handler as Handler
+from ._models import RecordedRequest as RecordedRequest
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "FakeGateway",
+    "FakeResponse",
+    "Handler",
+    "RecordedRequest",
+    "SystemEndpoint",
+]

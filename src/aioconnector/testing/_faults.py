@@ -1,0 +1,103 @@
+"""Injected faults: how the gateway misbehaves for one function or for its /system/ endpoints."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+SystemEndpoint: TypeAlias = Literal["namespaces", "functions"]
+"""The /system/ endpoints a :meth:`FakeGateway.system_fault` can target."""
+
+
+def _to_headers(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+def _check_times(_instance: object, _attribute: object, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"times must be None (always) or at least 1, got {value!r}")
+
+
+def _check_latency(_instance: object, _attribute: object, value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"latency must be a number of seconds >= 0, got {value!r}")
+
+
+def _check_status(_instance: object, _attribute: object, value: int | None) -> None:
+    if value is not None and not 200 <= value <= 599:
+        raise ValueError(f"status must be an HTTP status from 200 to 599, got {value!r}")
+
+
+@attrs.define(kw_only=True)
+class _Fault:
+    """Shared part: a delay, then a status, a dropped connection, or the normal answer."""
+
+    latency: float = attrs.field(default=0.0, converter=float, validator=_check_latency)
+    status: int | None = attrs.field(default=None, validator=_check_status)
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_to_headers)
+    body: bytes | None = None
+    drop_connection: bool = False
+    times: int | None = attrs.field(default=None, validator=_check_times)
+    remaining: int | None = attrs.field(init=False)
+
+    @remaining.default
+    def _remaining(self) -> int | None:
+        return self.times
+
+    def consume(self) -> bool:
+        """Count one use; True when this was the last one."""
+        if self.remaining is None:
+            return False
+        self.remaining -= 1
+        return self.remaining == 0
+
+
+@attrs.define(kw_only=True)
+class FunctionFault(_Fault):
+    """A fault for one function: how the gateway answers its /function/ and /async-function/."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.drop_connection and self.status is not None:
+            raise ValueError("drop_connection and status exclude each other")
+        if not (self.latency or self.status is not None or self.drop_connection):
+            raise ValueError("a fault needs latency, status or drop_connection")
+
+
+@attrs.define(kw_only=True)
+class SystemFault(_Fault):
+    """A fault for /system/namespaces and/or /system/functions."""
+
+    endpoint: SystemEndpoint | None = None
+    malformed_json: bool = False
+    truncated: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.endpoint not in (None, "namespaces", "functions"):
+            raise ValueError(
+                f"endpoint must be None, 'namespaces' or 'functions', got {self.endpoint!r}"
+            )
+        if self.malformed_json and self.truncated:
+            raise ValueError("malformed_json and truncated exclude each other")
+        if self.drop_connection and (
+            self.status is not None or self.malformed_json or self.truncated
+        ):
+            raise ValueError("drop_connection excludes status, malformed_json and truncated")
+        if not (
+            self.latency
+            or self.status is not None
+            or self.drop_connection
+            or self.malformed_json
+            or self.truncated
+        ):
+            raise ValueError(
+                "a fault needs latency, status, drop_connection, malformed_json or truncated"
+            )
+
+    def matches(self, endpoint: SystemEndpoint) -> bool:
+        """Whether this fault applies to a request for ``endpoint``."""
+        return self.endpoint is None or self.endpoint == endpoint
