@@ -21,6 +21,7 @@ from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
 from ._results import InvocationResult as InvocationResult
 from ._results import ResultStream as ResultStream
+from ._retry import RetryPolicy as RetryPolicy
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "InvocationResult",
     "ResponseTooLargeError",
     "ResultStream",
+    "RetryPolicy",
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",

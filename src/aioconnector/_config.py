@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._retry import RetryPolicy
 from ._topics import SAFE_NAME_RE
 from ._version import __version__
 
@@ -225,6 +226,17 @@ class ControllerConfig:
     startup_timeout: float = _float(30.0)
     drain_timeout: float = _float(10.0, strict=False)
     max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_instance(RetryPolicy))
+    # Credentials go to /system/* only, unless the gateway also protects functions.
+    auth_invocations: bool = attrs.field(default=False, validator=_instance(bool))
+    verify_tls: bool = attrs.field(default=True, validator=_instance(bool))
+    ca_bundle: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
+    client_cert: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
+    client_key: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
+
+    def __attrs_post_init__(self) -> None:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert (the certificate it belongs to)")
 
     @classmethod
     def from_env(
@@ -249,6 +261,8 @@ class ControllerConfig:
                 cls(**{"gateway_url": DEFAULT_GATEWAY_URL, name: kwargs[name]})
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{var}: {exc}") from exc
+        if "retry" not in given:
+            kwargs["retry"] = _retry_from_env(env)
         if "credentials" not in given and _env_bool(env, "basic_auth"):
             path = env.get("secret_mount_path", "").strip() or DEFAULT_SECRET_MOUNT_PATH
             kwargs["credentials"] = BasicAuth.from_secrets(path)
@@ -308,6 +322,17 @@ def _env_bool(env: Mapping[str, str], var: str) -> bool:
         raise ValueError(f"{var}: {exc}") from None
 
 
+def _retry_from_env(env: Mapping[str, str]) -> RetryPolicy:
+    changes: dict[str, Any] = {"retry_on_timeout": _env_bool(env, "retry_on_timeout")}
+    text = env.get("retry_attempts", "").strip()
+    try:
+        if text:
+            changes["attempts"] = _parse_int(text)
+        return RetryPolicy(**changes)
+    except ValueError as exc:
+        raise ValueError(f"retry_attempts: {exc}") from exc
+
+
 def _parse_int(text: str) -> int:
     if re.fullmatch(r"[+-]?[0-9]+", text.strip()) is None:
         raise ValueError(f"invalid integer {text!r}")
@@ -330,6 +355,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "topic_delimiter": str,
     **dict.fromkeys(("content_type", "callback_url", "user_agent", "connector_name"), str.strip),
     "asynchronous_invocation": parse_bool,
+    **dict.fromkeys(("auth_invocations", "verify_tls"), parse_bool),
+    **dict.fromkeys(("ca_bundle", "client_cert", "client_key"), str.strip),
     "namespaces": _parse_names,
     **dict.fromkeys(("max_concurrency", "result_buffer", "max_response_bytes"), _parse_int),
 }

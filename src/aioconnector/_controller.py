@@ -15,6 +15,7 @@ import httpx
 
 from ._discovery import Discovery
 from ._errors import ControllerStateError, DiscoveryError, InvocationCancelledError
+from ._http import open_client
 from ._invoke import HttpxInvoker, Invocation, Invoker
 from ._message import base_headers, check_topic, coerce_body, merge_headers
 from ._results import InvocationResult, ResultHub, ResultStream
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._config import ControllerConfig
-    from ._message import Body
+    from ._http import open_client
+from ._message import Body
 
 __all__ = ["AsyncController", "ControllerStats"]
 
@@ -61,6 +63,8 @@ class ControllerStats:
     invocations_succeeded: int
     invocations_failed: int
     """Invocations whose result was not ok (error statuses, timeouts, cancellations...)."""
+    retries: int
+    """Requests made again after a retryable failure (see ``RetryPolicy``)."""
     in_flight: int
     """Invocations holding a concurrency slot right now (at most ``max_concurrency``)."""
     topics: int
@@ -122,7 +126,10 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             )
         self._state = _State.STARTING
         try:
-            async with self._client() as client, anyio.create_task_group() as tg:
+            async with (
+                open_client(self._config, self._transport) as client,
+                anyio.create_task_group() as tg,
+            ):
                 discovery = Discovery(client, self._config)
                 self._install(await discovery.fetch_at_startup())
                 refresher = _Refresher(self, discovery)
@@ -142,18 +149,6 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         finally:
             self._state = _State.CLOSED
             self._hub.close()
-
-    def _client(self) -> httpx.AsyncClient:
-        size = self._config.max_concurrency
-        return httpx.AsyncClient(
-            transport=self._transport,
-            # Invocations never exceed max_concurrency; the spare connections keep lookups
-            # from queueing behind them.
-            limits=httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2),
-            timeout=httpx.Timeout(None),  # deadlines are ours: whole-call, not per-read
-            follow_redirects=False,  # credentials never follow a redirect
-            trust_env=False,
-        )
 
     async def _shutdown(self, refresh_scope: anyio.CancelScope) -> None:
         self._state = _State.CLOSING
@@ -254,6 +249,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             invocations_started=counts.started,
             invocations_succeeded=counts.succeeded,
             invocations_failed=counts.failed,
+            retries=counts.retries,
             in_flight=int(self._limiter.borrowed_tokens),
             topics=len(self._map.topics()),
             functions=self._map.function_count,
@@ -327,23 +323,38 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         results[index] = await self._run(token, invocation)
 
     async def _run(self, token: object, invocation: Invocation) -> InvocationResult:
-        """Invoke one function with a slot already held; always releases it."""
+        """Invoke one function with a slot already held; always releases the slot it holds."""
+        held: object | None = token
         try:
             self._counts.started += 1
-            result: InvocationResult | None = None
             started = anyio.current_time()
-            session = self._session
-            sent = False
-            if session is not None and not self._cancelling:
-                sent = True
-                with anyio.CancelScope() as scope:
-                    self._active.add(scope)
-                    try:
-                        result = await session.invoker.invoke(invocation)
-                    finally:
-                        self._active.discard(scope)
-            if result is None:  # shutdown cancelled it (or it never started)
-                result = _cancelled(invocation, anyio.current_time() - started, attempts=int(sent))
+            attempt = 0  # requests made so far
+            while True:
+                session = self._session
+                result = None
+                if session is not None and not self._cancelling:
+                    attempt += 1
+                    result = await self._attempt(session, invocation)
+                if result is None:  # shutdown cancelled it, before or during the request
+                    elapsed = anyio.current_time() - started
+                    result = _cancelled(invocation, elapsed, attempts=attempt)
+                    break
+                delay = self._config.retry.delay_before_retry(
+                    result, attempt=attempt, elapsed=anyio.current_time() - started
+                )
+                if delay is None or self._cancelling:
+                    break
+                # Wait without a slot, so a retrying invocation never blocks others.
+                self._counts.retries += 1
+                self._release(held)
+                held = None
+                if not await self._pause(delay):
+                    break  # shutdown: keep the last answer
+                held = await self._acquire()
+            if attempt > 1 and result.attempts != attempt:
+                result = attrs.evolve(
+                    result, attempts=attempt, duration=anyio.current_time() - started
+                )
             if result.ok:
                 self._counts.succeeded += 1
             else:
@@ -351,7 +362,28 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             await self._hub.publish(result)
             return result
         finally:
-            self._release(token)
+            if held is not None:
+                self._release(held)
+
+    async def _attempt(self, session: _Session, invocation: Invocation) -> InvocationResult | None:
+        """One request, in a scope shutdown can cancel; None when shutdown cancelled it."""
+        with anyio.CancelScope() as scope:
+            self._active.add(scope)
+            try:
+                return await session.invoker.invoke(invocation)
+            finally:
+                self._active.discard(scope)
+        return None
+
+    async def _pause(self, delay: float) -> bool:
+        """Sleep before a retry; False when shutdown cut the sleep short."""
+        with anyio.CancelScope() as scope:
+            self._active.add(scope)
+            try:
+                await anyio.sleep(delay)
+            finally:
+                self._active.discard(scope)
+        return not scope.cancelled_caught
 
     async def _acquire(self) -> object:
         token = object()
@@ -383,6 +415,7 @@ class _Counts:
     started: int = 0
     succeeded: int = 0
     failed: int = 0
+    retries: int = 0
     refreshes: int = 0
     refresh_failures: int = 0
     last_refresh: datetime | None = None

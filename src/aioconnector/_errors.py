@@ -72,7 +72,15 @@ class UpstreamTimeoutError(InvocationError, TimeoutError):
 
 
 class UpstreamConnectionError(InvocationError, ConnectionError):
-    """The connection to the gateway could not be made or was lost mid-request."""
+    """The connection to the gateway could not be made or was lost mid-request.
+
+    ``request_sent`` is False when the request surely never left (the connection could not be
+    made): such a failure is safe to retry. True means it may have reached the function.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class ResponseTooLargeError(InvocationError):

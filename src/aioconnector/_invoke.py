@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 __all__ = ["HttpxInvoker", "Invocation", "Invoker"]
 
 
+# The connection was never made, so the request never left: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 @attrs.frozen(kw_only=True)
 class Invocation:
     """Everything needed to invoke one function for one message; headers already merged."""
@@ -51,6 +55,13 @@ class HttpxInvoker:
         self._client = client
         self._timeout = config.upstream_timeout
         self._max_bytes = config.max_response_bytes
+        creds = config.credentials
+        # Off by default: functions (and whoever they call back) never see the gateway password.
+        self._auth = (
+            httpx.BasicAuth(creds.user, creds.password)
+            if creds is not None and config.auth_invocations
+            else None
+        )
 
     def url_for(self, function: str) -> str:
         # safe="" quotes "/" too: an address can never leave /function/.
@@ -70,14 +81,21 @@ class HttpxInvoker:
                     self.url_for(invocation.function),
                     content=invocation.body,
                     headers=invocation.headers,
+                    auth=self._auth,
                 ) as response:
                     status = response.status_code
                     headers = _flatten(response.headers)
                     body = await _read_capped(response, self._max_bytes)
+            except _NOT_SENT as exc:
+                error = UpstreamConnectionError(
+                    f"{invocation.function}: {_describe(exc)}", request_sent=False
+                )
             except httpx.TimeoutException as exc:
                 error = UpstreamTimeoutError(f"{invocation.function}: {type(exc).__name__}")
             except httpx.TransportError as exc:
-                error = UpstreamConnectionError(f"{invocation.function}: {_describe(exc)}")
+                error = UpstreamConnectionError(
+                    f"{invocation.function}: {_describe(exc)}", request_sent=True
+                )
             except ResponseTooLargeError as exc:
                 error = exc
                 body = b""
