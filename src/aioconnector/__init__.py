@@ -22,6 +22,11 @@ from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
 from ._results import InvocationResult as InvocationResult
 from ._results import ResultStream as ResultStream
 from ._retry import RetryPolicy as RetryPolicy
+from ._source import Settlement as Settlement
+from ._source import SourceMessage as SourceMessage
+from ._source import SourceStats as SourceStats
+from ._source import run_source as run_source
+from ._source import settlement_of as settlement_of
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -40,8 +45,13 @@ __all__ = [
     "ResponseTooLargeError",
     "ResultStream",
     "RetryPolicy",
+    "Settlement",
+    "SourceMessage",
+    "SourceStats",
     "UpstreamConnectionError",
     "UpstreamStatusError",
     "UpstreamTimeoutError",
     "__version__",
+    "run_source",
+    "settlement_of",
 ]

@@ -1,0 +1,202 @@
+"""Running a message source through a controller: bounded in flight, settled per message.
+
+A broker connector is a loop: fetch a message, invoke its topic's functions, then ack or nack
+it at the source depending on the results. `run_source` is that loop, written once: a fixed
+pool of workers (no task per message), a graceful stop that finishes what is in flight and
+fetches nothing more, and one verdict per message.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import attrs
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._controller import AsyncController
+    from ._message import Body
+    from ._results import InvocationResult
+
+__all__ = ["Settlement", "SourceMessage", "SourceStats", "run_source", "settlement_of"]
+
+logger = logging.getLogger("aioconnector")
+T = TypeVar("T")
+
+
+@attrs.frozen(kw_only=True)
+class SourceMessage:
+    """What a source's message means to the controller: topic, body, headers and its id."""
+
+    topic: str
+    body: Body
+    headers: Mapping[str, str] | None = None
+    message_id: str | None = None
+    """Sent as ``X-Message-Id`` (unless ``headers`` has one), so functions can deduplicate."""
+
+
+class Settlement(enum.Enum):
+    """What to do with a message at its source, decided from its results."""
+
+    ACK = "ack"
+    """Every matched function answered 2xx: acknowledge."""
+    RETRY = "retry"
+    """At least one invocation failed: negative-acknowledge so the broker redelivers."""
+    UNMATCHED = "unmatched"
+    """No function subscribes to the topic: terminate, dead-letter or drop, as you choose."""
+    INVALID = "invalid"
+    """The message could not be converted or invoked (e.g. a topic with control characters)."""
+
+
+def settlement_of(results: Sequence[InvocationResult]) -> Settlement:
+    """ACK when all results are ok, UNMATCHED when there are none, RETRY otherwise."""
+    if not results:
+        return Settlement.UNMATCHED
+    return Settlement.ACK if all(r.ok for r in results) else Settlement.RETRY
+
+
+@attrs.frozen(kw_only=True)
+class SourceStats:
+    """How many messages `run_source` took from the source and how each was settled."""
+
+    received: int
+    settled: Mapping[Settlement, int]
+    unsettled: int
+    """Messages taken from the source but not settled when it stopped (left to redelivery)."""
+
+
+@attrs.define
+class _Counter:
+    received: int = 0
+    settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
+
+
+async def run_source(
+    controller: AsyncController,
+    source: AsyncIterable[T],
+    *,
+    convert: Callable[[T], SourceMessage],
+    settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
+    max_in_flight: int | None = None,
+    stop: anyio.Event | None = None,
+    stop_signals: Sequence[signal.Signals] = (),
+    drain_timeout: float | None = None,
+) -> SourceStats:
+    """Feed every message of ``source`` to ``controller`` and settle it from its results.
+
+    At most ``max_in_flight`` messages (default: the controller's ``max_concurrency``) are
+    between fetch and settle at once; the source is not iterated further until one is settled.
+    ``settle(message, settlement, results)`` is awaited once per message, after all its
+    invocations finished. It ends when the source is exhausted, ``stop`` is set, or one of
+    ``stop_signals`` arrives: then it fetches nothing more, lets messages in flight finish and
+    settle for up to ``drain_timeout`` (default: the controller's), and returns. Messages still
+    unsettled then are counted in ``SourceStats.unsettled`` and left to the broker to redeliver.
+    Exceptions from ``convert`` that are ``ValueError``/``TypeError`` settle the message as
+    INVALID; any other exception, and any from ``settle``, ends the run and propagates.
+    """
+    workers = max_in_flight if max_in_flight is not None else controller.config.max_concurrency
+    if workers < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {workers}")
+    grace = controller.config.drain_timeout if drain_timeout is None else drain_timeout
+    stop = stop or anyio.Event()
+    counter = _Counter()
+
+    busy_workers = workers
+    workers_done = anyio.Event()
+
+    async def work(receive: MemoryObjectReceiveStream[T]) -> None:
+        nonlocal busy_workers
+        async with receive:
+            async for item in receive:
+                await _handle(controller, item, convert, settle, counter)
+        busy_workers -= 1
+        if not busy_workers:
+            workers_done.set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            if stop_signals:
+                group.start_soon(_set_on_signals, stop, stop_signals)
+            send, receive = anyio.create_memory_object_stream[T](0)
+            with receive:
+                for _ in range(workers):
+                    group.start_soon(work, receive.clone())
+            with send, anyio.CancelScope() as fetching:
+                group.start_soon(_cancel_when_set, stop, fetching)
+                await _feed(source, send, counter)
+            # The closed stream lets idle workers leave; busy ones finish their message,
+            # within the drain deadline when we were told to stop.
+            with anyio.move_on_after(grace if stop.is_set() else None):
+                await workers_done.wait()
+            group.cancel_scope.cancel()  # the watchers, and workers past the deadline
+    except BaseExceptionGroup as exc:
+        raise exc.exceptions[0] if len(exc.exceptions) == 1 else exc from None
+    unsettled = counter.received - sum(counter.settled.values())
+    if unsettled:
+        logger.warning("%d message(s) left unsettled for redelivery at stop", unsettled)
+    return SourceStats(received=counter.received, settled=counter.settled, unsettled=unsettled)
+
+
+async def _feed(
+    source: AsyncIterable[T], send: MemoryObjectSendStream[T], counter: _Counter
+) -> None:
+    iterator = aiter(source)
+    try:
+        async for item in iterator:
+            counter.received += 1
+            await send.send(item)  # waits for a free worker: the in-flight bound
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:  # an async generator: finalize it now, in this task
+            with anyio.CancelScope(shield=True):
+                await aclose()
+
+
+async def _handle(
+    controller: AsyncController,
+    item: T,
+    convert: Callable[[T], SourceMessage],
+    settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
+    counter: _Counter,
+) -> None:
+    results: Sequence[InvocationResult] = ()
+    try:
+        message = convert(item)
+        headers = dict(message.headers or {})
+        if message.message_id is not None and not any(
+            name.lower() == "x-message-id" for name in headers
+        ):
+            headers["X-Message-Id"] = message.message_id
+        results = await controller.invoke(
+            message.topic, message.body, headers=headers, context=item
+        )
+        verdict = settlement_of(results)
+    except (ValueError, TypeError) as exc:
+        logger.warning("invalid message from the source: %s", exc)
+        verdict = Settlement.INVALID
+    await settle(item, verdict, results)
+    counter.settled[verdict] += 1
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _set_on_signals(event: anyio.Event, signals: Sequence[signal.Signals]) -> None:
+    with anyio.open_signal_receiver(*signals) as received:
+        async for signum in received:
+            logger.info("received %s: finishing messages in flight", signal.Signals(signum).name)
+            event.set()
+            return
