@@ -36,7 +36,7 @@ def typing(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on asyncio and trio, with branch coverage enforced."""
-    _install_groups(session, "test", "examples")
+    _install_groups(session, "test", "examples", "brokers")
     session.install("-e", ".")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)

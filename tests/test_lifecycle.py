@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import anyio
@@ -257,6 +258,9 @@ async def test_stats_count_what_happened(wire: Wire) -> None:
     assert stats.functions == 2
     assert stats.refreshes == 1
     assert stats.refresh_failures == 0
+    as_json = json.loads(json.dumps(stats.as_dict()))
+    assert as_json["invocations_failed"] == 2
+    assert as_json["last_refresh"] == stats.last_refresh.isoformat()  # type: ignore[union-attr]
 
 
 def test_config_is_kept_and_repr_hides_nothing_secret() -> None:

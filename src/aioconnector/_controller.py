@@ -66,7 +66,8 @@ class ControllerStats:
     retries: int
     """Requests made again after a retryable failure (see ``RetryPolicy``)."""
     in_flight: int
-    """Invocations holding a concurrency slot right now (at most ``max_concurrency``)."""
+    """Invocations holding a concurrency slot right now (at most ``max_concurrency``); an
+    invocation keeps its slot until its result was handed to every results stream."""
     topics: int
     functions: int
     refreshes: int
@@ -76,6 +77,13 @@ class ControllerStats:
     """When the topic map was last built successfully (UTC)."""
     last_refresh_error: str | None
     """The last refresh failure's message; ``None`` once a refresh succeeds again."""
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        """The counters as a JSON-ready dict (``last_refresh`` as an ISO 8601 string)."""
+        values = attrs.asdict(self)
+        if self.last_refresh is not None:
+            values["last_refresh"] = self.last_refresh.isoformat()
+        return values
 
 
 @final

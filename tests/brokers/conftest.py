@@ -1,0 +1,30 @@
+"""Broker tests need real services on 127.0.0.1; each is skipped, with the reason, when absent."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+SERVICES = {
+    "postgres": 5432,
+    "redis": 6379,
+    "rabbitmq": 5672,
+    "mqtt": 1883,
+    "nats": 4222,
+}
+
+
+def require_service(name: str) -> int:
+    """The service's port on 127.0.0.1; skips the calling test when nothing listens there."""
+    port = SERVICES[name]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return port
+    except OSError as exc:
+        pytest.skip(f"{name} is not reachable on 127.0.0.1:{port} ({exc}); .ci/run starts it")
+
+
+def require_module(name: str) -> None:
+    """Skip when a broker client library is not installed (the `brokers` dependency group)."""
+    pytest.importorskip(name, reason=f"{name} is not installed: install the 'brokers' group")
