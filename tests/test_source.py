@@ -184,6 +184,62 @@ async def test_stop_after_drain_timeout_leaves_messages_unsettled(wire: Wire) ->
     assert stats.received in (2, 3)
 
 
+async def test_unsettled_messages_are_released_at_stop(wire: Wire) -> None:
+    wire.gateway.add_function("stuck", topics="t")
+    wire.gateway.set_fault("stuck", latency=30)
+    stop = anyio.Event()
+    released: list[int] = []
+
+    async def release(msg: Msg) -> None:
+        released.append(msg.id)
+
+    async def endless() -> AsyncIterator[Msg]:
+        for i in range(1000):
+            yield Msg(i, "t")
+
+    async with wire.controller(drain_timeout=0.1) as ctrl, anyio.create_task_group() as tg:
+        tg.start_soon(_set_later, stop, 0.1)
+        with anyio.fail_after(10):
+            stats = await run_source(
+                ctrl,
+                endless(),
+                convert=convert,
+                settle=Settled(),
+                max_in_flight=2,
+                stop=stop,
+                drain_timeout=0.2,
+                release=release,
+            )
+    assert sorted(released) == list(range(stats.received))
+    assert stats.unsettled == stats.received
+
+
+async def test_started_with_task_status_reports_ready(wire: Wire) -> None:
+    wire.gateway.add_function("f", topics="t")
+    stop = anyio.Event()
+    send, receive = anyio.create_memory_object_stream[Msg](10)
+    settled = Settled()
+
+    async def source() -> AsyncIterator[Msg]:
+        async with receive:
+            async for msg in receive:
+                yield msg
+
+    async with wire.controller() as ctrl, anyio.create_task_group() as tg:
+        await tg.start(
+            lambda task_status: run_source(
+                ctrl, source(), convert=convert, settle=settled, stop=stop, task_status=task_status
+            )
+        )
+        async with send:
+            await send.send(Msg(1, "t"))
+            with anyio.fail_after(5):
+                while 1 not in settled.verdicts:
+                    await anyio.sleep(0.01)
+        stop.set()
+    assert settled.verdicts == {1: Settlement.ACK}
+
+
 async def _set_later(event: anyio.Event, delay: float) -> None:
     await anyio.sleep(delay)
     event.set()

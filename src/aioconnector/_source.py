@@ -12,7 +12,7 @@ import enum
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import attrs
@@ -23,6 +23,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 
+    from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._controller import AsyncController
@@ -33,6 +34,9 @@ __all__ = ["Settlement", "SourceMessage", "SourceStats", "run_source", "settleme
 
 logger = logging.getLogger("aioconnector")
 T = TypeVar("T")
+
+# How long settle() (or release()) may take once its message's invocations are over.
+_SETTLE_GRACE = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -77,9 +81,10 @@ class SourceStats:
 
 
 @attrs.define
-class _Counter:
+class _Counter(Generic[T]):
     received: int = 0
     settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
+    pending: dict[int, T] = attrs.Factory(dict)  # taken from the source, not yet settled
 
 
 async def run_source(
@@ -92,6 +97,8 @@ async def run_source(
     stop: anyio.Event | None = None,
     stop_signals: Sequence[signal.Signals] = (),
     drain_timeout: float | None = None,
+    release: Callable[[T], Awaitable[None]] | None = None,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
     """Feed every message of ``source`` to ``controller`` and settle it from its results.
 
@@ -101,16 +108,20 @@ async def run_source(
     invocations finished. It ends when the source is exhausted, ``stop`` is set, or one of
     ``stop_signals`` arrives: then it fetches nothing more, lets messages in flight finish and
     settle for up to ``drain_timeout`` (default: the controller's), and returns. Messages still
-    unsettled then are counted in ``SourceStats.unsettled`` and left to the broker to redeliver.
-    Exceptions from ``convert`` that are ``ValueError``/``TypeError`` settle the message as
-    INVALID; any other exception, and any from ``settle``, ends the run and propagates.
+    unsettled then are counted in ``SourceStats.unsettled``; each is passed to ``release`` (when
+    given, e.g. to nak it at once) or else left to the broker to redeliver. A signal also sets
+    ``stop``. Once invocations finished, ``settle`` is shielded from the stop for a few seconds,
+    so an ack is not cut in half. Exceptions from ``convert`` (and from ``invoke`` for bad
+    input) that are ``ValueError``/``TypeError`` settle the message as INVALID; any other
+    exception, and any from ``settle``, ends the run and propagates. With ``tg.start(...)`` it
+    reports ready once it listens for ``stop_signals`` and its workers wait for messages.
     """
     workers = max_in_flight if max_in_flight is not None else controller.config.max_concurrency
     if workers < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {workers}")
     grace = controller.config.drain_timeout if drain_timeout is None else drain_timeout
     stop = stop or anyio.Event()
-    counter = _Counter()
+    counter: _Counter[T] = _Counter()
 
     busy_workers = workers
     workers_done = anyio.Event()
@@ -127,11 +138,12 @@ async def run_source(
     try:
         async with anyio.create_task_group() as group:
             if stop_signals:
-                group.start_soon(_set_on_signals, stop, stop_signals)
+                await group.start(_set_on_signals, stop, stop_signals)
             send, receive = anyio.create_memory_object_stream[T](0)
             with receive:
                 for _ in range(workers):
                     group.start_soon(work, receive.clone())
+            task_status.started()
             with send, anyio.CancelScope() as fetching:
                 group.start_soon(_cancel_when_set, stop, fetching)
                 await _feed(source, send, counter)
@@ -142,19 +154,22 @@ async def run_source(
             group.cancel_scope.cancel()  # the watchers, and workers past the deadline
     except BaseExceptionGroup as exc:
         raise exc.exceptions[0] if len(exc.exceptions) == 1 else exc from None
-    unsettled = counter.received - sum(counter.settled.values())
+    unsettled = len(counter.pending)
     if unsettled:
-        logger.warning("%d message(s) left unsettled for redelivery at stop", unsettled)
+        logger.warning("%d message(s) left unsettled at stop", unsettled)
+        if release is not None:
+            await _release_all(release, list(counter.pending.values()))
     return SourceStats(received=counter.received, settled=counter.settled, unsettled=unsettled)
 
 
 async def _feed(
-    source: AsyncIterable[T], send: MemoryObjectSendStream[T], counter: _Counter
+    source: AsyncIterable[T], send: MemoryObjectSendStream[T], counter: _Counter[T]
 ) -> None:
     iterator = aiter(source)
     try:
         async for item in iterator:
             counter.received += 1
+            counter.pending[id(item)] = item
             await send.send(item)  # waits for a free worker: the in-flight bound
     finally:
         aclose = getattr(iterator, "aclose", None)
@@ -168,7 +183,7 @@ async def _handle(
     item: T,
     convert: Callable[[T], SourceMessage],
     settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
-    counter: _Counter,
+    counter: _Counter[T],
 ) -> None:
     results: Sequence[InvocationResult] = ()
     try:
@@ -185,8 +200,12 @@ async def _handle(
     except (ValueError, TypeError) as exc:
         logger.warning("invalid message from the source: %s", exc)
         verdict = Settlement.INVALID
-    await settle(item, verdict, results)
-    counter.settled[verdict] += 1
+    # The invocations are over: do not let a stop cut the ack (or nak) in half.
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + _SETTLE_GRACE
+        await settle(item, verdict, results)
+        counter.settled[verdict] += 1
+        del counter.pending[id(item)]
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -194,8 +213,21 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
-async def _set_on_signals(event: anyio.Event, signals: Sequence[signal.Signals]) -> None:
+async def _release_all(release: Callable[[T], Awaitable[None]], items: list[T]) -> None:
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + _SETTLE_GRACE
+        for item in items:
+            await release(item)
+
+
+async def _set_on_signals(
+    event: anyio.Event,
+    signals: Sequence[signal.Signals],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     with anyio.open_signal_receiver(*signals) as received:
+        task_status.started()
         async for signum in received:
             logger.info("received %s: finishing messages in flight", signal.Signals(signum).name)
             event.set()
