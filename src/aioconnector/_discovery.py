@@ -98,8 +98,8 @@ class Discovery:
             hint = (
                 "the credentials were rejected"
                 if self._auth is not None
-                else "the gateway requires credentials: set credentials=BasicAuth(...) "
-                "(or basic_auth=true with secret_mount_path)"
+                else "the gateway requires credentials: configure a user and password "
+                "(credentials=BasicAuth(...), or basic_auth=true with secret_mount_path)"
             )
             raise AuthenticationError(f"GET {path} answered HTTP {status}: {hint}")
         return response

@@ -1,0 +1,483 @@
+"""The command line: ``aioconnector demo|tester|topics|invoke``, also ``python -m aioconnector``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import math
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack, ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from aioconnector import (
+    AsyncController,
+    AuthenticationError,
+    BasicAuth,
+    ConnectorError,
+    ControllerConfig,
+    UpstreamStatusError,
+    __version__,
+)
+from aioconnector.testing import FakeGateway, FakeResponse
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+    from anyio.abc import TaskStatus
+
+    from aioconnector import InvocationResult, ResultStream
+    from aioconnector.testing import Handler, RecordedRequest
+
+    Command = Callable[[argparse.Namespace, ControllerConfig, "_Interrupts"], Awaitable[int]]
+
+__all__ = ["main"]
+
+_PROG = "aioconnector"
+_REPORTED = (ConnectorError, ValueError, TypeError, OSError)
+_INTERRUPTED = 130
+_JSON = "application/json"
+_DEFAULT = "default: %(default)s"
+
+
+class _CliError(Exception):
+    """A problem the user can fix, reported as one line."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    0: done; 1: an error (one line on stderr) or, for ``invoke``/``tester``, a failed invocation;
+    2: a usage error, or ``invoke`` matched no function; 130: interrupted by Ctrl-C.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.username is None) != (args.password_file is None):
+        parser.error("--username and --password-file go together")
+    try:
+        _check_backend(args.backend)
+        config = _config(args)
+        args.body = _read_body(args) if args.command == "invoke" else b""
+        return anyio.run(_run, args.run, args, config, backend=args.backend)
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C outside the signal watcher's reach
+            return _INTERRUPTED
+        if not isinstance(leaf, (_CliError, *_REPORTED)):
+            raise
+        message = str(leaf) or type(leaf).__name__
+        if isinstance(leaf, AuthenticationError):
+            message += "; on the command line: --username NAME --password-file PATH"
+        _err(f"error: {message}")
+        return 1
+
+
+def _check_backend(backend: str) -> None:
+    if backend == "trio" and importlib.util.find_spec("trio") is None:
+        raise _CliError("--backend trio needs trio: pip install 'aioconnector[trio]'")
+
+
+# -- arguments and configuration --------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    gw = common.add_argument_group("gateway options (each flag wins over its environment variable)")
+    gw.add_argument("--gateway", metavar="URL", help="gateway base URL (env gateway_url)")
+    gw.add_argument("--username", metavar="NAME", help="basic-auth user for /system/*")
+    gw.add_argument("--password-file", metavar="PATH", help="file holding its password")
+    gw.add_argument("--async", dest="async_", action="store_true", help="use /async-function/")
+    gw.add_argument("--callback-url", metavar="URL", help="X-Callback-Url of async invocations")
+    gw.add_argument("--content-type", metavar="TYPE", help="Content-Type of invocations")
+    gw.add_argument("--upstream-timeout", type=_seconds, metavar="S", help="per call; 0: none")
+    gw.add_argument("--max-concurrency", type=_count, metavar="N", help="invocations at once")
+    gw.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help=_DEFAULT)
+
+    parser = argparse.ArgumentParser(
+        prog=_PROG, description="Route messages to OpenFaaS functions by their topic annotation."
+    )
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, run: Command, text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, parents=[common], help=text, description=text)
+        command.set_defaults(run=run, json_body=name in ("demo", "tester"))
+        return command
+
+    demo = add("demo", _demo, "Emit sample events round-robin over the topics and stream the "
+               "results; without --gateway, against a built-in fake gateway.")  # fmt: skip
+    demo.add_argument("--count", type=_count, metavar="N", help="stop after N events")
+    demo.add_argument("--interval", type=_seconds, default=0.2, metavar="S", help=_DEFAULT)
+    demo.add_argument("--stats-interval", type=_period, default=1.0, metavar="S", help=_DEFAULT)
+    tester = add("tester", _tester, "Invoke a topic with a numbered JSON message, repeatedly.")
+    tester.add_argument("--topic", default="payment.received", help=_DEFAULT)
+    tester.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help=_DEFAULT)
+    tester.add_argument("--count", type=_count, metavar="N", help="default: forever")
+    topics = add("topics", _topics, "Print the topic map discovered on the gateway.")
+    topics.add_argument("--json", action="store_true", help='as {"topic": ["fn.ns", ...]}')
+    invoke = add("invoke", _invoke, "Send one message to every function of a topic.")
+    invoke.add_argument("topic")
+    data = invoke.add_mutually_exclusive_group()
+    data.add_argument("--data", metavar="TEXT", help="the message (default: read stdin)")
+    data.add_argument("--data-file", metavar="PATH", help="read the message from a file")
+    invoke.add_argument(
+        "--header", type=_header, action="append", metavar="'NAME: VALUE'", help="repeatable"
+    )
+    invoke.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _period(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
+def _config(args: argparse.Namespace) -> ControllerConfig:
+    """Flags first, then the environment (``ControllerConfig.from_env``), then defaults."""
+    credentials = None
+    if args.username is not None:
+        password = Path(args.password_file).read_text(encoding="utf-8").strip()
+        credentials = BasicAuth(args.username, password)
+    config = ControllerConfig.from_env(
+        gateway_url=args.gateway,
+        credentials=credentials,
+        async_invocation=True if args.async_ else None,
+        callback_url=args.callback_url,
+        content_type=args.content_type,
+        upstream_timeout=args.upstream_timeout or None,
+        max_concurrency=args.max_concurrency,
+    )
+    if args.upstream_timeout == 0:  # like upstream_timeout=0 in the environment: no timeout
+        config = attrs.evolve(config, upstream_timeout=None)
+    if args.json_body and config.content_type is None:
+        config = attrs.evolve(config, content_type=_JSON)
+    return config
+
+
+def _read_body(args: argparse.Namespace) -> bytes:
+    if args.data is not None:
+        return os.fsencode(args.data)  # the bytes given, even if not UTF-8
+    if args.data_file is not None:
+        return Path(args.data_file).read_bytes()
+    if sys.stdin.isatty():
+        _err("reading the message from stdin (end with Ctrl-D)")
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode()
+
+
+# -- running: the event loop, Ctrl-C and the commands -----------------------------------------
+
+
+class _Interrupts:
+    """Ctrl-C cancels the innermost stage (e.g. emitting, so results still drain), then all."""
+
+    def __init__(self, outer: anyio.CancelScope) -> None:
+        self.count = 0
+        self._scopes = [outer]
+
+    @contextmanager
+    def stage(self) -> Iterator[None]:
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            try:
+                yield
+            finally:
+                if scope in self._scopes:
+                    self._scopes.remove(scope)
+
+    async def watch(self, *, task_status: TaskStatus[None]) -> None:
+        with ExitStack() as stack:
+            try:
+                signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT))
+            except (NotImplementedError, RuntimeError, ValueError):
+                task_status.started()  # not the main thread, or no signal support:
+                return  # Ctrl-C stays a KeyboardInterrupt
+            task_status.started()
+            async for _ in signals:
+                self.count += 1
+                scopes = self._scopes
+                (scopes.pop() if len(scopes) > 1 else scopes[0]).cancel()
+
+
+async def _run(command: Command, args: argparse.Namespace, config: ControllerConfig) -> int:
+    status = _INTERRUPTED
+    async with anyio.create_task_group() as tg:
+        interrupts = _Interrupts(tg.cancel_scope)
+        await tg.start(interrupts.watch)
+        status = await command(args, config, interrupts)
+        tg.cancel_scope.cancel()
+    return _INTERRUPTED if interrupts.count else status
+
+
+async def _demo(args: argparse.Namespace, config: ControllerConfig, stop: _Interrupts) -> int:
+    tally = _Tally()
+    try:
+        async with AsyncExitStack() as stack:
+            if args.gateway is None:  # the built-in fake, whatever gateway_url the env has
+                url = await stack.enter_async_context(_sample_gateway().serve())
+                _out(f"demo: a fake OpenFaaS gateway at {url} (use --gateway URL for a real one)")
+                config = attrs.evolve(config, gateway_url=url)
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            async with AsyncController(config) as controller:
+                topics = sorted(controller.topics())
+                if not topics:
+                    raise _CliError(f"no topics on {config.gateway_url}: no function has one")
+                _print_topics(controller)
+                tally.started = True
+                tg.start_soon(_print_results, controller.results(), tally)
+                ticker = await tg.start(_print_stats, controller, tally, args.stats_interval)
+                with stop.stage():
+                    await _emit(controller, topics, args, tally)
+            ticker.cancel()  # the results stream ends by itself once the controller has exited
+    finally:
+        if tally.started:
+            _out(tally.summary())
+    return 0
+
+
+def _sample_gateway() -> FakeGateway:
+    gateway = FakeGateway()
+    gateway.add_function("order-store", topics=["orders"])  # echoes the event
+    gateway.add_function("audit", topics=["orders", "payments"], handler=FakeResponse(body="ok"))
+    captured = FakeResponse(body='{"status": "captured"}', headers={"Content-Type": _JSON})
+    gateway.add_function("payment-processor", topics=["payments"], handler=captured)
+    gateway.add_function("slow-report", topics=["reports"])
+    gateway.set_fault("slow-report", latency=0.3)  # a latency alone delays the normal answer
+    gateway.add_function("flaky-mailer", topics=["orders"], handler=_every_nth_fails(3))
+    return gateway
+
+
+def _every_nth_fails(n: int) -> Handler:
+    calls = itertools.count(1)
+
+    def handle(_: RecordedRequest) -> FakeResponse:
+        if next(calls) % n == 0:
+            return FakeResponse(status=500, body="smtp relay unavailable")
+        return FakeResponse(body="sent")
+
+    return handle
+
+
+async def _emit(
+    controller: AsyncController, topics: list[str], args: argparse.Namespace, tally: _Tally
+) -> None:
+    next_at = anyio.current_time()
+    while args.count is None or tally.sent < args.count:
+        if tally.sent:
+            next_at += args.interval
+            await anyio.sleep_until(next_at)
+        n = tally.sent + 1
+        topic = topics[(n - 1) % len(topics)]
+        event = json.dumps({"id": n, "topic": topic, "sent_at": _now()})
+        await controller.submit(topic, event, headers={"X-Message-Id": str(n)})
+        tally.sent = n
+
+
+async def _print_results(results: ResultStream, tally: _Tally) -> None:
+    async with results:
+        async for result in results:
+            tally.add(result)
+            _out(_result_line(result))
+
+
+async def _print_stats(
+    controller: AsyncController,
+    tally: _Tally,
+    interval: float,
+    *,
+    task_status: TaskStatus[anyio.CancelScope],
+) -> None:
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        last_time, last_count = anyio.current_time(), 0
+        while True:
+            await anyio.sleep(interval)
+            stats, now = controller.stats(), anyio.current_time()
+            rate = (stats.invocations_started - last_count) / (now - last_time)
+            last_time, last_count = now, stats.invocations_started
+            _out(
+                f"stats: {rate:.1f} invocations/s, {stats.in_flight} in flight, "
+                f"{stats.invocations_failed} failed, {tally.sent} events sent"
+            )
+
+
+async def _tester(args: argparse.Namespace, config: ControllerConfig, stop: _Interrupts) -> int:
+    tally = _Tally()
+    try:
+        async with AsyncController(config) as controller:
+            tally.started = True
+            with stop.stage():
+                while args.count is None or tally.sent < args.count:
+                    if tally.sent:
+                        await anyio.sleep(args.interval)
+                    n = tally.sent + 1
+                    body = json.dumps({"id": n, "sent_at": _now()})
+                    results = await controller.invoke(
+                        args.topic, body, headers={"X-Message-Id": str(n)}
+                    )
+                    tally.sent = n
+                    if not results:
+                        _warn_unmatched(args.topic, controller, "warning: ")
+                    for result in results:
+                        tally.add(result)
+                        _out(_result_line(result, body=80))
+    finally:
+        if tally.started:
+            _out(tally.summary())
+    return 1 if tally.failed else 0
+
+
+async def _topics(args: argparse.Namespace, config: ControllerConfig, _: _Interrupts) -> int:
+    async with AsyncController(config) as controller:
+        if args.json:
+            routes = {t: sorted(controller.functions_for(t)) for t in sorted(controller.topics())}
+            _out(json.dumps(routes, indent=2))
+        elif controller.topics():
+            _print_topics(controller)
+        else:
+            _err(f"no topics on {config.gateway_url}: no function has one")
+    return 0
+
+
+async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interrupts) -> int:
+    async with AsyncController(config) as controller:
+        headers = dict(args.header or ())
+        results = await controller.invoke(args.topic, args.body, headers=headers)
+        if not results:
+            _warn_unmatched(args.topic, controller)
+    if args.json:
+        _out(json.dumps([_result_json(result) for result in results], indent=2))
+    else:
+        for result in results:
+            _out(_result_line(result))
+            if result.body:
+                _out(result.body.decode(errors="replace").rstrip("\n"))
+    if not results:
+        return 2
+    return 0 if all(result.ok for result in results) else 1
+
+
+# -- printing -----------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Tally:
+    """What ``demo`` and ``tester`` saw, for the summary line."""
+
+    started: bool = False
+    sent: int = 0
+    invocations: int = 0
+    failed: int = 0
+    total_time: float = 0.0
+    max_time: float = 0.0
+
+    def add(self, result: InvocationResult) -> None:
+        self.invocations += 1
+        self.failed += not result.ok
+        self.total_time += result.duration
+        self.max_time = max(self.max_time, result.duration)
+
+    def summary(self) -> str:
+        mean = self.total_time / self.invocations if self.invocations else 0.0
+        return (
+            f"summary: {self.sent} events sent, {self.invocations} invocations, "
+            f"{self.invocations - self.failed} ok, {self.failed} failed, "
+            f"duration mean {mean * 1000:.1f} ms, max {self.max_time * 1000:.1f} ms"
+        )
+
+
+def _result_line(result: InvocationResult, *, body: int = 0) -> str:
+    """``topic -> function  200  3.1 ms``; failures read ``FAIL 500`` or ``FAIL <error class>``."""
+    error = result.error
+    if result.ok:
+        outcome = str(result.status)
+    elif error is None or isinstance(error, UpstreamStatusError):
+        outcome = f"FAIL {result.status}"
+    else:
+        outcome = f"FAIL {type(error).__name__}"
+    line = f"{result.topic} -> {result.function}  {outcome}  {result.duration * 1000:.1f} ms"
+    if body:
+        text = " ".join(result.body.decode(errors="replace").split())
+        line += f"  {text if len(text) <= body else text[: body - 3] + '...'}"
+    return line
+
+
+def _result_json(result: InvocationResult) -> dict[str, object]:
+    return {
+        "topic": result.topic,
+        "function": result.function,
+        "status": result.status,
+        "ok": result.ok,
+        "duration": result.duration,
+        "call_id": result.call_id,
+        "error": None if result.error is None else str(result.error),
+        "body": result.body.decode("utf-8", errors="replace"),
+    }
+
+
+def _print_topics(controller: AsyncController) -> None:
+    topics = sorted(controller.topics())
+    width = max(len("TOPIC"), *map(len, topics))
+    _out(f"{'TOPIC':<{width}}  FUNCTIONS")
+    for topic in topics:
+        _out(f"{topic:<{width}}  {', '.join(sorted(controller.functions_for(topic)))}")
+
+
+def _warn_unmatched(topic: str, controller: AsyncController, level: str = "") -> None:
+    known = ", ".join(sorted(controller.topics())) or "none"
+    _err(f"{level}no function subscribes to {topic!r} (topics: {known})")
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)  # flushed: results stream live through pipes too
+
+
+def _err(line: str) -> None:
+    print(f"{_PROG}: {line}", file=sys.stderr)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-exception groups, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
