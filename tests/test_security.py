@@ -87,7 +87,9 @@ def test_missing_tls_files_are_a_clear_error(tmp_path: object) -> None:
     config = ControllerConfig(
         gateway_url="https://gateway.example", ca_bundle="/nonexistent/ca.pem"
     )
-    with pytest.raises(ValueError, match="cannot load TLS files.*ca_bundle='/nonexistent/ca.pem'"):
+    with pytest.raises(
+        ValueError, match=r"cannot load TLS files.*ca_bundle='/nonexistent/ca\.pem'"
+    ):
         _tls_context(config)
 
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 import attrs
-import httpx
 
 from ._discovery import Discovery
 from ._errors import ControllerStateError, DiscoveryError, InvocationCancelledError
@@ -27,12 +26,12 @@ if sys.version_info < (3, 11):  # pragma: no cover
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Mapping, Sequence
 
+    import httpx
     from anyio.abc import TaskGroup, TaskStatus
     from typing_extensions import Self
 
     from ._config import ControllerConfig
-    from ._http import open_client
-from ._message import Body
+    from ._message import Body
 
 __all__ = ["AsyncController", "ControllerStats"]
 

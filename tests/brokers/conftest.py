@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -28,3 +29,10 @@ def require_service(name: str) -> int:
 def require_module(name: str) -> None:
     """Skip when a broker client library is not installed (the `brokers` dependency group)."""
     pytest.importorskip(name, reason=f"{name} is not installed: install the 'brokers' group")
+
+
+@pytest.fixture(params=[pytest.param(("asyncio", {"debug": True}), id="asyncio")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """asyncio only: every broker client used here (nats-py, redis.asyncio, aio-pika, aiomqtt,
+    asyncpg) is built on asyncio and cannot run under trio."""
+    return request.param  # type: ignore[no-any-return]

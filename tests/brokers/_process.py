@@ -1,0 +1,158 @@
+"""Broker connector examples, run as real subprocesses (and importable in-process) by the tests.
+
+Importing this module puts ``examples/`` first on ``sys.path``, so a test can also import a
+connector (``import nats_jetstream``) and await its ``run()`` in-process. Also here: polling with
+a deadline, and a slow fake function that records when each call started and finished.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, final
+
+import anyio
+import attrs
+
+from aioconnector.testing import FakeResponse, RecordedRequest
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+
+    from anyio.abc import Process
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+READY_MARKER = "ready:"  # what _connector_cli.announce_ready logs
+
+
+@final
+class ConnectorProcess:
+    """A connector subprocess whose stdout and stderr go to the file ``log``."""
+
+    def __init__(self, process: Process, log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def output(self) -> str:
+        """Everything it printed and logged so far."""
+        return self.log.read_text(errors="replace")
+
+    async def wait_ready(self, within: float = 15.0) -> None:
+        """Wait until it logs that it consumes; fail with its output if it exits first."""
+        with anyio.fail_after(within):
+            while READY_MARKER not in await anyio.Path(self.log).read_text(errors="replace"):
+                if self.process.returncode is not None:
+                    raise AssertionError(f"the connector exited early:\n{self.output()}")
+                await anyio.sleep(0.05)
+
+    def terminate(self) -> None:
+        """SIGTERM: a graceful stop."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing cleaned up."""
+        self.process.kill()
+
+    async def wait(self, timeout: float) -> int:  # noqa: ASYNC109  (the deadline is the assertion)
+        """Its exit status (negative: killed by that signal); fails after ``timeout`` seconds."""
+        with anyio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def connector_process(
+    script: str, args: Sequence[str], *, env: Mapping[str, str], log: Path
+) -> AsyncIterator[ConnectorProcess]:
+    """Run ``examples/<script> <args>`` with only ``env`` (plus PATH and PYTHONPATH=src).
+
+    Leaving kills it if it is still running, and reaps it.
+    """
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": pythonpath, **env}
+    with log.open("wb") as output:  # the child keeps its own copy of the descriptor
+        process = await anyio.open_process(
+            [sys.executable, str(EXAMPLES / script), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+        )
+    try:
+        yield ConnectorProcess(process, log)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()  # waits for it
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, within: float) -> None:
+    """Poll ``condition`` (sync or async) until it is true; fail after ``within`` seconds."""
+    with anyio.fail_after(within):
+        while True:
+            outcome = condition()
+            if not isinstance(outcome, bool):
+                outcome = await outcome
+            if outcome:
+                return
+            await anyio.sleep(0.02)
+
+
+@attrs.define
+class Call:
+    """One call of a :class:`SlowFunction`, with wall-clock times (as brokers timestamp)."""
+
+    connector: str
+    message_id: str
+    started: float
+    finished: float | None = None
+
+
+@attrs.define
+class SlowFunction:
+    """A fake function that answers 200 after ``latency`` seconds and records every call.
+
+    ``latency`` is a ``(low, high)`` range drawn from uniformly. Times are ``time.time()``, so
+    that they compare with a broker's timestamps of acknowledgements.
+    """
+
+    latency: tuple[float, float]
+    calls: list[Call] = attrs.Factory(list)
+
+    async def __call__(self, request: RecordedRequest) -> FakeResponse:
+        call = Call(
+            connector=request.headers.get("x-connector", ""),
+            message_id=request.headers.get("x-message-id", ""),
+            started=time.time(),
+        )
+        self.calls.append(call)
+        await anyio.sleep(random.uniform(*self.latency))
+        call.finished = time.time()
+        return FakeResponse(body=b"done")
+
+    def finished(self, connector: str | None = None) -> dict[str, float]:
+        """Message id -> when its first call (by ``connector``, or anyone) finished."""
+        done: dict[str, float] = {}
+        for call in self.calls:
+            if call.finished is not None and connector in (None, call.connector):
+                done[call.message_id] = min(call.finished, done.get(call.message_id, call.finished))
+        return done
+
+    def in_flight(self) -> set[str]:
+        """The messages being worked on right now."""
+        return {call.message_id for call in self.calls if call.finished is None}

@@ -1,0 +1,185 @@
+"""examples/mqtt.py against the real Mosquitto on 127.0.0.1:1883 and a FakeGateway on a socket.
+
+The connector runs in-process (its ``run`` coroutine, stopped with an event). Every test
+publishes under its own topic prefix (a uuid).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from anyio.abc import TaskStatus
+
+import aioconnector
+from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
+
+from ._process import EXAMPLES
+from .conftest import require_module, require_service
+
+require_module("aiomqtt")  # the example imports it: without it, every test here skips
+
+import aiomqtt  # noqa: E402
+import mqtt  # noqa: E402  (examples/mqtt.py: _process put examples/ on sys.path)
+
+
+@pytest.fixture
+def port() -> int:
+    require_module("aiomqtt")
+    return require_service("mqtt")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    gateway = FakeGateway()
+    async with gateway.serve():
+        yield gateway
+
+
+@attrs.define
+class Run:
+    stop: anyio.Event
+    stats: SourceStats | None = None
+
+
+@asynccontextmanager
+async def running(
+    gateway: FakeGateway, port: int, topics: str, *, client_id: str = "", **settings: Any
+) -> AsyncIterator[Run]:
+    """Run the connector until the block ends; its stats are set once it has returned."""
+    run = Run(anyio.Event())
+    options = mqtt.Options(port=port, topics=tuple(topics.split(",")), client_id=client_id)
+    config = ControllerConfig.from_env(
+        {"gateway_url": gateway.url, "startup_timeout": "5s"},
+        retry=RetryPolicy.disabled(),
+        **settings,
+    )
+
+    async def target(*, task_status: TaskStatus[None]) -> None:
+        run.stats = await mqtt.run(config, options, stop=run.stop, task_status=task_status)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(target)
+        try:
+            yield run
+        finally:
+            run.stop.set()
+
+
+async def publish(port: int, messages: list[tuple[str, str]]) -> None:
+    """Publish (topic, payload) pairs with QoS 1: each one returns once the broker has it."""
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1)
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
+    with anyio.fail_after(within):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def ids(records: list[RecordedRequest]) -> list[str]:
+    return [record.headers["x-message-id"] for record in records]
+
+
+def test_help_prints_usage() -> None:
+    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
+        [sys.executable, str(EXAMPLES / "mqtt.py"), "--help"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: mqtt.py")
+    assert "--topics" in completed.stdout
+    assert "gateway_url" in completed.stdout
+
+
+async def test_end_to_end_qos1(gateway: FakeGateway, port: int, prefix: str) -> None:
+    temp, humidity = f"{prefix}/kitchen/temp", f"{prefix}/kitchen/humidity"
+    gateway.add_function("temp", topics=[temp])
+    gateway.add_function("humidity", topics=[humidity])
+    sent = [(temp if n % 2 else humidity, f"reading-{n}") for n in range(30)]
+    async with running(gateway, port, f"{prefix}/#") as run:
+        await publish(port, sent)
+        await wait_until(lambda: len(gateway.invocations()) == 30)
+    for function, topic in (("temp", temp), ("humidity", humidity)):
+        records = gateway.invocations(function)
+        expected = [payload for where, payload in sent if where == topic]
+        assert sorted(r.body.decode() for r in records) == sorted(expected)
+        assert {r.headers["x-topic"] for r in records} == {topic}
+        assert sorted(ids(records)) == sorted(mqtt.message_id(topic, p.encode()) for p in expected)
+    assert len(set(ids(gateway.invocations()))) == 30
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.ACK] == 30
+
+
+async def test_unmatched_topics_invoke_nothing(
+    gateway: FakeGateway, port: int, prefix: str
+) -> None:
+    gateway.add_function("temp", topics=[f"{prefix}/kitchen/temp"])
+    async with running(gateway, port, f"{prefix}/#") as run:
+        await publish(port, [(f"{prefix}/attic/temp", "a"), (f"{prefix}/kitchen", "b")])
+        await publish(port, [(f"{prefix}/kitchen/temp", "last")])  # in order: after those
+        await wait_until(lambda: len(gateway.invocations()) == 1)
+    assert [r.body for r in gateway.invocations("temp")] == [b"last"]
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.UNMATCHED] == 2
+    assert run.stats.received == 3
+
+
+async def test_persistent_session_redelivers_what_was_not_settled(
+    gateway: FakeGateway, port: int, prefix: str
+) -> None:
+    topic, client_id = f"{prefix}/orders", f"aioconnector-{uuid.uuid4().hex[:12]}"
+
+    async def slow(request: RecordedRequest) -> FakeResponse:
+        await anyio.sleep(0.3)
+        return FakeResponse(body=request.body)
+
+    gateway.add_function("orders", topics=[topic], handler=slow)
+    sent = [(topic, f"order-{n}") for n in range(12)]
+    try:
+        # Stopped with 4 invocations in flight, cut short: nothing was settled, nor acked.
+        async with running(
+            gateway, port, topic, client_id=client_id, max_concurrency=4, drain_timeout=0.05
+        ) as first:
+            await publish(port, sent)
+            await wait_until(lambda: len(gateway.invocations()) >= 4)
+        cut_short = set(ids(gateway.invocations()))
+        gateway.add_function("orders", topics=[topic])  # fast from now on
+        gateway.requests.clear()
+        # Published while no connector runs: the broker keeps it for the session.
+        await publish(port, [(topic, "while-down")])
+        async with running(gateway, port, topic, client_id=client_id):
+            await wait_until(lambda: len(gateway.invocations()) == len(sent) + 1)
+        second = set(ids(gateway.invocations()))
+    finally:
+        # End the broker's session for that id.
+        async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_session=True):
+            pass
+    assert first.stats is not None
+    assert first.stats.settled[Settlement.ACK] == 0
+    assert first.stats.unsettled >= 4
+    assert cut_short <= second  # invoked, not acked, so redelivered
+    assert second == {mqtt.message_id(t, p.encode()) for t, p in [*sent, (topic, "while-down")]}

@@ -1,0 +1,379 @@
+"""examples/nats_jetstream.py against a real nats-server, with a FakeGateway on a real socket.
+
+Each test uses its own stream (deleted afterwards, consumers with it). The in-process tests
+await the connector's ``run()``; the others run it as a subprocess, kill it or SIGTERM it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import pytest
+
+from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector.testing import FakeGateway
+
+from ._process import SlowFunction, connector_process, wait_until
+from .conftest import require_module, require_service
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    import nats_jetstream
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+SCRIPT = "nats_jetstream.py"
+
+
+@pytest.fixture
+def nats_url(anyio_backend_name: str) -> str:
+    """The local nats-server; skips on trio and when the server or nats-py is missing."""
+    require_module("nats")
+    return f"nats://127.0.0.1:{require_service('nats')}"
+
+
+@attrs.define
+class Broker:
+    """A fresh stream ``TEST_<tag>`` on subjects ``test.<tag>.>``; the topic is what follows."""
+
+    client: Client
+    url: str
+    tag: str
+    durable: str = "connectors"
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.client.jetstream()
+
+    @property
+    def stream(self) -> str:
+        return f"TEST_{self.tag}"
+
+    @property
+    def prefix(self) -> str:
+        return f"test.{self.tag}."
+
+    def options(self, **changes: Any) -> nats_jetstream.Options:
+        import nats_jetstream
+
+        return nats_jetstream.Options(
+            url=self.url,
+            stream=self.stream,
+            subjects=(f"{self.prefix}>",),
+            durable=self.durable,
+            strip_prefix=self.prefix,
+            **changes,
+        )
+
+    def args(self, *extra: str) -> list[str]:
+        """The same as :meth:`options`, as command-line flags."""
+        return [
+            *("--url", self.url, "--stream", self.stream, "--subjects", f"{self.prefix}>"),
+            *("--durable", self.durable, "--strip-prefix", self.prefix, *extra),
+        ]
+
+    async def publish(self, topic: str, body: bytes, *, msg_id: str | None = None) -> str:
+        """Publish and return the message's id as the connector will send it."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.js.publish(self.prefix + topic, body, headers=headers)
+        return msg_id or str(ack.seq)
+
+    async def settled(self) -> bool:
+        """Whether the consumer exists and has nothing undelivered nor unacknowledged."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await self.js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            return False
+        return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+@pytest.fixture
+async def broker(nats_url: str) -> AsyncIterator[Broker]:
+    import nats
+
+    client = await nats.connect(nats_url)
+    broker = Broker(client, nats_url, uuid.uuid4().hex[:12])
+    try:
+        await broker.js.add_stream(name=broker.stream, subjects=[f"{broker.prefix}>"])
+        yield broker
+    finally:
+        with anyio.CancelScope(shield=True):
+            await broker.js.delete_stream(broker.stream)
+            await client.close()
+
+
+def config(url: str) -> ControllerConfig:
+    """No retries in the connector: redelivery is the broker's job here."""
+    return ControllerConfig(gateway_url=url, retry=RetryPolicy.disabled(), startup_timeout=5)
+
+
+@asynccontextmanager
+async def running(
+    config: ControllerConfig, options: nats_jetstream.Options
+) -> AsyncIterator[list[SourceStats]]:
+    """Run the connector in-process during the block; then stop it: its stats are appended."""
+    import nats_jetstream
+
+    stop = anyio.Event()
+    stats: list[SourceStats] = []
+
+    async def consume() -> None:
+        stats.append(await nats_jetstream.run(config, options, stop=stop))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        try:
+            yield stats
+        finally:
+            stop.set()
+
+
+def message_ids(gateway: FakeGateway, connector: str | None = None) -> Counter[str]:
+    """How many times each message id was invoked (by ``connector``, or by any)."""
+    return Counter(
+        r.headers["x-message-id"]
+        for r in gateway.invocations()
+        if connector in (None, r.headers["x-connector"])
+    )
+
+
+def connector_env(gateway_url: str, name: str, **extra: str) -> dict[str, str]:
+    return {"gateway_url": gateway_url, "connector_name": name, "retry_attempts": "1", **extra}
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+async def test_every_message_invokes_its_functions_and_is_acked(broker: Broker) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    gateway.add_function("payments", topics=["payments"])
+    expected = {}
+    for n in range(50):
+        topic = ("orders", "payments")[n % 2]
+        body = json.dumps({"n": n}).encode()
+        msg_id = f"custom-{n}" if n % 10 == 0 else None  # a publisher's Nats-Msg-Id wins
+        expected[await broker.publish(topic, body, msg_id=msg_id)] = (f"{topic}.openfaas-fn", body)
+    await broker.publish("nobody", b"no function subscribes")
+
+    async with gateway.serve() as url, running(config(url), broker.options()) as stats:
+        await wait_until(lambda: len(gateway.invocations()) >= 50, within=15)
+        await wait_until(broker.settled, within=10)
+
+    invocations = gateway.invocations()
+    assert len(invocations) == 50
+    seen = {r.headers["x-message-id"]: (r.function, r.body) for r in invocations}
+    assert seen == expected
+    assert all(r.headers["x-topic"] == (r.function or "").split(".")[0] for r in invocations)
+    assert stats[0].received == 51
+    assert stats[0].settled[Settlement.ACK] == 50
+    assert stats[0].settled[Settlement.UNMATCHED] == 1  # terminated: not pending any more
+    assert stats[0].unsettled == 0
+
+
+async def test_a_failed_message_is_redelivered_until_it_succeeds(broker: Broker) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    gateway.set_fault("orders", status=500, times=2)
+    msg_id = await broker.publish("orders", b"try again")
+
+    async with (
+        gateway.serve() as url,
+        running(config(url), broker.options(nak_delay=0.05)) as stats,
+    ):
+        await wait_until(lambda: len(gateway.invocations()) >= 3, within=10)
+        await wait_until(broker.settled, within=10)
+
+    assert message_ids(gateway) == {msg_id: 3}
+    assert stats[0].settled[Settlement.RETRY] == 2
+    assert stats[0].settled[Settlement.ACK] == 1
+
+
+async def test_a_poison_message_is_terminated_after_max_deliver(broker: Broker) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("poison", topics=["poison"])
+    gateway.set_fault("poison", status=500)  # always
+    gateway.add_function("orders", topics=["orders"])
+    advisories = await broker.client.subscribe(
+        f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{broker.stream}.{broker.durable}"
+    )
+    poison = await broker.publish("poison", b"boom")
+    good = await broker.publish("orders", b"fine")
+    options = broker.options(max_deliver=3, nak_delay=0.05)
+
+    async with gateway.serve() as url, running(config(url), options) as stats:
+        terminated: Msg = await advisories.next_msg(timeout=15)
+        await wait_until(broker.settled, within=10)
+    await advisories.unsubscribe()
+
+    assert json.loads(terminated.data)["stream_seq"] == int(poison)
+    assert message_ids(gateway) == {poison: 3, good: 1}
+    assert stats[0].settled[Settlement.RETRY] == 3  # the third one was terminated
+    assert stats[0].settled[Settlement.ACK] == 1
+
+
+# -- subprocesses ----------------------------------------------------------------------------
+
+
+async def test_no_message_is_lost_when_a_connector_is_killed(
+    broker: Broker, tmp_path: Path
+) -> None:
+    gateway = FakeGateway()
+    function = SlowFunction(latency=(0.02, 0.05))
+    gateway.add_function("orders", topics=["orders"], handler=function)
+    ids = {await broker.publish("orders", b"%d" % n) for n in range(200)}
+    args = broker.args("--ack-wait", "2", "--batch", "8")
+
+    async with gateway.serve() as url:
+        env = connector_env(url, "first", max_concurrency="8")
+        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "1.log") as first:
+            await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
+            first.kill()
+            assert await first.wait(timeout=5) < 0
+        in_flight_at_kill = function.in_flight()
+        env = connector_env(url, "second", max_concurrency="8")
+        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "2.log") as second:
+            await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
+            await wait_until(broker.settled, within=10)
+            second.terminate()
+            assert await second.wait(timeout=5) == 0, second.output()
+
+    assert set(message_ids(gateway)) == ids  # every one at least once, nothing else
+    assert 0 < len(message_ids(gateway, "first")) < 200  # killed mid-stream
+    assert in_flight_at_kill <= set(message_ids(gateway, "second"))  # redelivered
+
+
+# Without asyncio's debug mode, whose bookkeeping would make the gateway here the bottleneck.
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_two_connectors_share_a_durable_consumer(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"], handler=SlowFunction(latency=(0.005, 0.005)))
+    args = broker.args("--batch", "16")
+    count = 600
+
+    async with gateway.serve() as url:
+        env_left = connector_env(url, "left", max_concurrency="16")
+        env_right = connector_env(url, "right", max_concurrency="16")
+        async with (
+            connector_process(SCRIPT, args, env=env_left, log=tmp_path / "l.log") as left,
+            connector_process(SCRIPT, args, env=env_right, log=tmp_path / "r.log") as right,
+        ):
+            await left.wait_ready()
+            await right.wait_ready()
+            for n in range(count):  # core publishes, flushed at once: JetStream stores them
+                await broker.client.publish(
+                    f"{broker.prefix}orders", b"%d" % n, headers={"Nats-Msg-Id": f"m{n}"}
+                )
+            await broker.client.flush()
+            await wait_until(lambda: len(message_ids(gateway)) >= count, within=20)
+            await wait_until(broker.settled, within=10)
+            left.terminate()
+            right.terminate()
+            assert await left.wait(timeout=5) == 0, left.output()
+            assert await right.wait(timeout=5) == 0, right.output()
+
+    invocations = gateway.invocations()
+    assert message_ids(gateway) == {f"m{n}": 1 for n in range(count)}  # each exactly once
+    shares = Counter(r.headers["x-connector"] for r in invocations)
+    assert shares["left"] > 0
+    assert shares["right"] > 0
+    seconds = invocations[-1].time - invocations[0].time
+    with capsys.disabled():  # shown with -q too
+        print(  # noqa: T201
+            f"\nNATS JetStream, two connectors: {count} messages in {seconds:.2f} s"
+            f" = {count / seconds:.0f} msg/s (left {shares['left']}, right {shares['right']})"
+        )
+
+
+@pytest.mark.parametrize("drain", [pytest.param("10", id="drain"), pytest.param("0.1", id="cut")])
+async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, drain: str) -> None:
+    from nats.js.api import ConsumerConfig
+
+    # The test creates the consumer (the connector uses it as it is) to get a metric per ack.
+    await broker.js.add_consumer(
+        broker.stream,
+        ConsumerConfig(
+            durable_name=broker.durable,
+            ack_wait=2,
+            max_deliver=10,
+            filter_subject=f"{broker.prefix}>",
+            sample_freq="100%",
+        ),
+    )
+    acks: dict[str, float] = {}  # stream sequence -> when the broker took its first ack
+
+    async def on_ack(msg: Msg) -> None:
+        metric = json.loads(msg.data)
+        acks.setdefault(str(metric["stream_seq"]), _wall_clock(metric["timestamp"]))
+
+    metrics = await broker.client.subscribe(
+        f"$JS.EVENT.METRIC.CONSUMER.ACK.{broker.stream}.{broker.durable}", cb=on_ack
+    )
+    gateway = FakeGateway()
+    function = SlowFunction(latency=(0.3, 0.3))
+    gateway.add_function("orders", topics=["orders"], handler=function)
+    ids = {await broker.publish("orders", b"%d" % n) for n in range(40)}
+
+    async with gateway.serve() as url:
+        env = connector_env(url, "first", max_concurrency="8", drain_timeout=drain)
+        async with connector_process(
+            SCRIPT, broker.args(), env=env, log=tmp_path / "1.log"
+        ) as first:
+            await wait_until(lambda: len(function.in_flight()) == 8, within=15)  # all busy
+            in_flight = function.in_flight()
+            first.terminate()
+            terminated_at = time.time()
+            assert await first.wait(timeout=5) == 0, first.output()
+            exited_at = time.time()
+        finished_by_first = set(function.finished("first"))  # by the time it exited
+        env = connector_env(url, "second", max_concurrency="8")
+        async with connector_process(
+            SCRIPT, broker.args(), env=env, log=tmp_path / "2.log"
+        ) as second:
+            await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
+            await wait_until(broker.settled, within=10)
+            second.terminate()
+            assert await second.wait(timeout=5) == 0, second.output()
+        await broker.client.flush()
+    await metrics.unsubscribe()
+
+    assert set(message_ids(gateway)) == ids  # none lost
+    assert set(acks) == ids
+    finished = function.finished()
+    for seq, acked_at in acks.items():  # the broker took no ack before its invocation finished
+        assert finished[seq] < acked_at, seq
+    acked_by_first = {seq for seq, acked_at in acks.items() if acked_at < exited_at}
+    late = [
+        c for c in function.calls if c.connector == "first" and c.started > terminated_at + 0.25
+    ]
+    assert not late  # it fetched nothing more after SIGTERM
+    if drain == "10":  # all that was in flight finished, was acked, and is not redelivered
+        assert in_flight <= acked_by_first
+        assert acked_by_first == finished_by_first
+        assert all(message_ids(gateway)[seq] == 1 for seq in in_flight)
+    else:  # cut by drain_timeout: what was left unacked is redelivered to the second
+        left = in_flight - acked_by_first
+        assert left
+        assert left <= set(message_ids(gateway, "second"))
+
+
+def _wall_clock(timestamp: str) -> float:
+    """Seconds since the epoch from an RFC 3339 UTC timestamp with nanoseconds (nats-server's)."""
+    whole, _, fraction = timestamp.rstrip("Z").partition(".")
+    start = datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp()
+    return start + float(f"0.{fraction or 0}")

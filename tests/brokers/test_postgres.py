@@ -1,0 +1,210 @@
+"""examples/postgres_notify.py against the real PostgreSQL on 127.0.0.1:5432 (database `test`).
+
+The connector runs in-process (its ``run`` coroutine, stopped with an event) and the tests
+NOTIFY with ``SELECT pg_notify(channel, payload)`` on channels of their own (uuid names).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import attrs
+import pytest
+from anyio.abc import TaskStatus
+
+import aioconnector
+from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector.testing import FakeGateway
+
+from ._process import EXAMPLES
+from .conftest import require_module, require_service
+
+require_module("asyncpg")  # the example imports it: without it, every test here skips
+
+import asyncpg  # type: ignore[import-untyped]  # noqa: E402
+import postgres_notify  # noqa: E402  (examples/postgres_notify.py, on sys.path thanks to _process)
+
+
+@pytest.fixture
+def dsn() -> str:
+    require_module("asyncpg")
+    port = require_service("postgres")
+    return f"postgresql://postgres@127.0.0.1:{port}/test"
+
+
+@pytest.fixture
+def channels() -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:12]
+    return f"orders_{suffix}", f"payments_{suffix}"
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    gateway = FakeGateway()
+    async with gateway.serve():
+        yield gateway
+
+
+@attrs.define
+class Run:
+    stop: anyio.Event
+    stats: SourceStats | None = None
+
+
+@asynccontextmanager
+async def running(gateway: FakeGateway, dsn: str, channels: tuple[str, ...]) -> AsyncIterator[Run]:
+    """Run the connector until the block ends; its stats are set once it has returned."""
+    run = Run(anyio.Event())
+    options = postgres_notify.Options(dsn=dsn, channels=channels)
+    config = ControllerConfig.from_env(
+        {"gateway_url": gateway.url, "startup_timeout": "5s"}, retry=RetryPolicy.disabled()
+    )
+
+    async def target(*, task_status: TaskStatus[None]) -> None:
+        run.stats = await postgres_notify.run(
+            config, options, stop=run.stop, task_status=task_status
+        )
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(target)
+        try:
+            yield run
+        finally:
+            run.stop.set()
+
+
+async def notify(dsn: str, notifications: list[tuple[str, str]]) -> None:
+    """``pg_notify(channel, payload)`` for each pair, each in its own transaction."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for channel, payload in notifications:
+            await connection.execute("SELECT pg_notify($1, $2)", channel, payload)
+    finally:
+        await connection.close()
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
+    with anyio.fail_after(within):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def envelope(topic: object, body: object, ident: object) -> str:
+    return json.dumps({"topic": topic, "body": body, "id": ident})
+
+
+def test_help_prints_usage() -> None:
+    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
+        [sys.executable, str(EXAMPLES / "postgres_notify.py"), "--help"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: postgres_notify.py")
+    assert "--channels" in completed.stdout
+    assert "at most once" in completed.stdout
+
+
+async def test_end_to_end_json_envelopes(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    gateway.add_function("payments", topics=["payments.settled"])
+    orders, payments = channels
+    sent = [
+        (orders, "orders.created", f"order-{n}", f"id-{n}")
+        if n % 2
+        else (payments, "payments.settled", f"payment-{n}", n)
+        for n in range(30)
+    ]
+    async with running(gateway, dsn, channels) as run:
+        await notify(dsn, [(ch, envelope(topic, body, ident)) for ch, topic, body, ident in sent])
+        await wait_until(lambda: len(gateway.invocations()) == 30)
+    for function, topic in (("orders", "orders.created"), ("payments", "payments.settled")):
+        records = gateway.invocations(function)
+        expected = [(body, str(ident)) for _, where, body, ident in sent if where == topic]
+        assert sorted((r.body.decode(), r.headers["x-message-id"]) for r in records) == sorted(
+            expected
+        )
+        assert {r.headers["x-topic"] for r in records} == {topic}
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.ACK] == 30
+
+
+async def test_plain_payloads_go_to_the_channels_topic(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    orders, _ = channels
+    gateway.add_function("orders", topics=[orders])
+    gateway.add_function("audit", topics=["audit"])
+    row = json.dumps({"id": 7, "total": 12.5})  # e.g. row_to_json(NEW): no "topic" key
+    async with running(gateway, dsn, (orders,)) as run:
+        await notify(
+            dsn,
+            [(orders, "plain text"), (orders, row), (orders, envelope("audit", {"n": 1}, None))],
+        )
+        await wait_until(lambda: len(gateway.invocations()) == 3)
+    records = {r.body.decode(): r for r in gateway.invocations("orders")}
+    assert sorted(records) == sorted(["plain text", row])
+    assert {r.headers["x-topic"] for r in records.values()} == {orders}
+    assert all("x-message-id" not in r.headers for r in records.values())  # no name for them
+    assert records[row].headers["content-type"] == "application/json"
+    (audit,) = gateway.invocations("audit")  # an envelope without an id, with a JSON body
+    assert json.loads(audit.body) == {"n": 1}
+    assert "x-message-id" not in audit.headers
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.ACK] == 3
+
+
+async def test_bad_json_is_invalid_and_the_connector_goes_on(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    orders, _ = channels
+    gateway.add_function("orders", topics=["orders.created"])
+    bad = ["{not json", envelope(7, "x", None), envelope("orders.created", "x", [1])]
+    async with running(gateway, dsn, (orders,)) as run:
+        await notify(dsn, [(orders, payload) for payload in bad])
+        await notify(dsn, [(orders, envelope("orders.created", "after", "a1"))])
+        await wait_until(lambda: len(gateway.invocations()) == 1)
+    (record,) = gateway.invocations()
+    assert record.body == b"after"
+    assert record.headers["x-message-id"] == "a1"
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.INVALID] == 3
+    assert run.stats.settled[Settlement.ACK] == 1
+
+
+async def test_a_lost_connection_ends_the_run_with_an_error(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    orders, _ = channels
+    connection = await asyncpg.connect(dsn)
+    try:
+        with (
+            anyio.fail_after(10),
+            pytest.RaisesGroup(pytest.RaisesExc(ConnectionError, match="was lost")),
+        ):
+            async with running(gateway, dsn, (orders,)):
+                # The connector's backend is the other one whose last query names the channel.
+                terminated = await connection.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN %' || $1 || '%' AND pid <> pg_backend_pid()",
+                    orders,
+                )
+                assert terminated == 1
+                await anyio.sleep_forever()  # until the connector fails
+    finally:
+        await connection.close()

@@ -1,0 +1,338 @@
+"""examples/rabbitmq.py against the real RabbitMQ on 127.0.0.1:5672 and a FakeGateway on a socket.
+
+The connector runs in-process (its ``run`` coroutine, stopped with an event), or as two
+subprocesses to show it scales out (and stops on SIGTERM). Every test
+uses its own exchange and queues (uuid names) and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from anyio.abc import TaskStatus
+
+import aioconnector
+from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
+
+from ._process import EXAMPLES, connector_process
+from .conftest import require_module, require_service
+
+require_module("aio_pika")  # the example imports it: without it, every test here skips
+
+import aio_pika  # noqa: E402
+import rabbitmq  # noqa: E402  (examples/rabbitmq.py: _process put examples/ on sys.path)
+
+
+@attrs.frozen
+class Broker:
+    url: str
+    exchange: str
+    queue: str
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.queue}.dead"
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[Broker]:
+    require_module("aio_pika")
+    port = require_service("rabbitmq")
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    found = Broker(url=f"amqp://guest:guest@127.0.0.1:{port}/", exchange=name, queue=name)
+    yield found
+    async with await aio_pika.connect(found.url) as connection:
+        channel = await connection.channel()
+        for queue in (found.queue, found.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (found.exchange, f"{found.exchange}.dlx"):
+            await channel.exchange_delete(exchange)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    gateway = FakeGateway()
+    async with gateway.serve():
+        yield gateway
+
+
+def config(gateway: FakeGateway, **overrides: Any) -> ControllerConfig:
+    # The broker redelivers: the controller's own retries are off unless a test wants them.
+    overrides.setdefault("retry", RetryPolicy.disabled())
+    return ControllerConfig.from_env(
+        {"gateway_url": gateway.url, "startup_timeout": "5s"}, **overrides
+    )
+
+
+@attrs.define
+class Run:
+    stop: anyio.Event
+    stats: SourceStats | None = None
+
+
+@asynccontextmanager
+async def running(
+    gateway: FakeGateway,
+    broker: Broker,
+    *,
+    bindings: str = "#",
+    max_redeliveries: int = 5,
+    **settings: Any,
+) -> AsyncIterator[Run]:
+    """Run the connector until the block ends; its stats are set once it has returned."""
+    run = Run(anyio.Event())
+    options = rabbitmq.Options(
+        url=broker.url,
+        exchange=broker.exchange,
+        queue=broker.queue,
+        bindings=tuple(bindings.split(",")),
+        max_redeliveries=max_redeliveries,
+    )
+
+    async def target(*, task_status: TaskStatus[None]) -> None:
+        run.stats = await rabbitmq.run(
+            config(gateway, **settings), options, stop=run.stop, task_status=task_status
+        )
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(target)
+        try:
+            yield run
+        finally:
+            run.stop.set()
+
+
+async def publish(broker: Broker, messages: list[tuple[str, str]]) -> None:
+    """Publish (routing key, body) pairs, the body doubling as message_id; all confirmed."""
+    async with await aio_pika.connect(broker.url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(broker.exchange)
+        # Concurrently: a quorum queue confirms each publish only once it is on disk.
+        async with anyio.create_task_group() as tg:
+            for key, body in messages:
+                tg.start_soon(
+                    exchange.publish, aio_pika.Message(body.encode(), message_id=body), key
+                )
+
+
+async def depth(broker: Broker, queue: str) -> int:
+    """Ready messages in ``queue`` (unacked ones are not counted)."""
+    async with await aio_pika.connect(broker.url) as connection:
+        channel = await connection.channel()
+        declared = await channel.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.message_count)
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
+    with anyio.fail_after(within):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+def ids(records: list[RecordedRequest]) -> list[str]:
+    return [record.headers["x-message-id"] for record in records]
+
+
+def test_help_prints_usage() -> None:
+    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
+        [sys.executable, str(EXAMPLES / "rabbitmq.py"), "--help"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: rabbitmq.py")
+    assert "--bindings" in completed.stdout
+    assert "gateway_url" in completed.stdout
+
+
+async def test_end_to_end(gateway: FakeGateway, broker: Broker) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    gateway.add_function("payments", topics=["payments.settled"])
+    sent = [("orders.created" if n % 2 else "payments.settled", f"message-{n}") for n in range(30)]
+    async with running(gateway, broker, bindings="orders.#,payments.*") as run:
+        await publish(broker, sent)
+        await wait_until(lambda: len(gateway.invocations()) == 30)
+    for function, topic in (("orders", "orders.created"), ("payments", "payments.settled")):
+        records = gateway.invocations(function)
+        expected = [body for key, body in sent if key == topic]
+        assert sorted(r.body.decode() for r in records) == sorted(expected)
+        assert sorted(ids(records)) == sorted(expected)  # message_id -> X-Message-Id
+        assert {r.headers["x-topic"] for r in records} == {topic}
+        assert {r.headers.get("x-delivery-count") for r in records} == {None}
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.ACK] == 30
+    assert run.stats.unsettled == 0
+    assert await depth(broker, broker.queue) == 0
+    assert await depth(broker, broker.dead_queue) == 0
+
+
+async def test_failure_is_redelivered_until_acked(gateway: FakeGateway, broker: Broker) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    gateway.set_fault("orders", status=500, times=2)
+    async with running(gateway, broker) as run:
+        await publish(broker, [("orders.created", "flaky")])
+        await wait_until(lambda: len(gateway.invocations()) == 3)
+    records = gateway.invocations("orders")
+    assert ids(records) == ["flaky"] * 3
+    assert [r.headers.get("x-delivery-count") for r in records] == [None, "1", "2"]
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.RETRY] == 2
+    assert run.stats.settled[Settlement.ACK] == 1
+    assert await depth(broker, broker.queue) == 0
+    assert await depth(broker, broker.dead_queue) == 0
+
+
+async def test_poison_message_is_dead_lettered_after_redeliveries(
+    gateway: FakeGateway, broker: Broker
+) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    gateway.set_fault("orders", status=500)  # every time
+    async with running(gateway, broker, max_redeliveries=2) as run:
+        await publish(broker, [("orders.created", "poison")])
+        with anyio.fail_after(10):
+            while await depth(broker, broker.dead_queue) == 0:
+                await anyio.sleep(0.05)
+    assert ids(gateway.invocations("orders")) == ["poison"] * 3  # 1 delivery + 2 redeliveries
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.RETRY] == 3
+    async with await aio_pika.connect(broker.url) as connection:
+        channel = await connection.channel()
+        dead = await (await channel.get_queue(broker.dead_queue)).get(timeout=5)
+        await dead.ack()
+    assert dead.body == b"poison"
+    assert dead.routing_key == "orders.created"
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert await depth(broker, broker.queue) == 0
+
+
+async def test_unmatched_and_invalid_are_dead_lettered_at_once(
+    gateway: FakeGateway, broker: Broker
+) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    async with running(gateway, broker) as run:
+        # No function has the first topic; the second cannot be a topic (control character).
+        await publish(broker, [("nobody.listens", "unmatched"), ("bad\x01key", "invalid")])
+        with anyio.fail_after(10):
+            while await depth(broker, broker.dead_queue) < 2:
+                await anyio.sleep(0.05)
+    assert gateway.invocations() == []
+    assert run.stats is not None
+    assert run.stats.settled[Settlement.UNMATCHED] == 1
+    assert run.stats.settled[Settlement.INVALID] == 1
+    async with await aio_pika.connect(broker.url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(broker.dead_queue)
+        for _ in range(2):
+            dead = await queue.get(timeout=5)
+            await dead.ack()
+            assert dead.headers["x-first-death-reason"] == "rejected"  # not delivery_limit
+
+
+@pytest.mark.parametrize(
+    ("drain_timeout", "finish"),
+    [pytest.param(10.0, True, id="drained"), pytest.param(0.05, False, id="cut-short")],
+)
+async def test_graceful_stop_loses_nothing(
+    gateway: FakeGateway, broker: Broker, drain_timeout: float, finish: bool
+) -> None:
+    finished: set[str] = set()
+
+    async def slow(request: RecordedRequest) -> FakeResponse:
+        await anyio.sleep(0.3)
+        finished.add(request.headers["x-message-id"])
+        return FakeResponse(body=request.body)
+
+    gateway.add_function("orders", topics=["orders.created"], handler=slow)
+    sent = [("orders.created", f"m{n}") for n in range(20)]
+    async with running(gateway, broker, max_concurrency=4, drain_timeout=drain_timeout) as first:
+        await publish(broker, sent)
+        await wait_until(lambda: len(gateway.invocations()) >= 4)
+    # Stopped with 4 messages in flight: drained, they were acked; cut short, none was.
+    assert first.stats is not None
+    first_run = set(ids(gateway.invocations()))
+    acked = first.stats.settled[Settlement.ACK]
+    with anyio.fail_after(10):  # every message not acked is back in the queue
+        while await depth(broker, broker.queue) != len(sent) - acked:
+            await anyio.sleep(0.05)
+    gateway.add_function("orders", topics=["orders.created"])  # fast from now on
+    gateway.requests.clear()
+    async with running(gateway, broker):
+        await wait_until(lambda: len(gateway.invocations()) == len(sent) - acked)
+    second_run = set(ids(gateway.invocations()))
+    assert len(second_run) == len(sent) - acked
+    assert await depth(broker, broker.queue) == 0
+    assert first_run | second_run == {body for _, body in sent}  # none lost
+    acked_first = {body for _, body in sent} - second_run  # never seen again
+    assert acked_first <= finished  # acked only after its invocation finished
+    if finish:
+        assert len(acked_first) >= 4
+        assert first.stats.unsettled == first.stats.received - len(acked_first)
+    else:
+        assert acked_first == set()
+        assert first.stats.unsettled >= 4
+
+
+# Without asyncio's debug mode, whose bookkeeping would make the gateway here the bottleneck.
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+async def test_two_processes_share_the_queue(
+    gateway: FakeGateway, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    count = 400
+    sent = [("orders.created", f"m{n}") for n in range(count)]
+    env = {
+        "gateway_url": gateway.url,
+        "max_concurrency": "8",
+        "rabbitmq_url": broker.url,
+        "rabbitmq_exchange": broker.exchange,
+        "rabbitmq_queue": broker.queue,
+    }
+    async with (
+        connector_process(
+            "rabbitmq.py", [], env={**env, "connector_name": "one"}, log=tmp_path / "one.log"
+        ) as one,
+        connector_process(
+            "rabbitmq.py", [], env={**env, "connector_name": "two"}, log=tmp_path / "two.log"
+        ) as two,
+    ):
+        await one.wait_ready()
+        await two.wait_ready()
+        started = anyio.current_time()
+        await publish(broker, sent)
+        published = anyio.current_time() - started
+        await wait_until(lambda: len(gateway.invocations()) >= count, within=30)
+        elapsed = anyio.current_time() - started
+        for process in (one, two):  # SIGTERM: a graceful stop, exit status 0
+            process.terminate()
+            assert await process.wait(timeout=15) == 0, process.output()
+    records = gateway.invocations()
+    consuming = records[-1].time - records[0].time
+    with capsys.disabled():  # shown with -q too
+        print(  # noqa: T201
+            f"\n2 connector processes: {count} messages in {elapsed:.2f}s from the first publish "
+            f"({count / elapsed:.0f} msg/s; publishing took {published:.2f}s), "
+            f"{count / consuming:.0f} invocations/s from the first to the last"
+        )
+    assert sorted(ids(records)) == sorted(body for _, body in sent)  # each once: all acked
+    shares = Counter(record.headers["x-connector"] for record in records)
+    assert shares["one"] > 0
+    assert shares["two"] > 0
+    assert shares["one"] + shares["two"] == count
+    assert await depth(broker, broker.queue) == 0
