@@ -42,3 +42,12 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Many invocations under random faults: no lost results, no memory growth (minutes long;
+    not in the default run). ``nox -s soak -- --invocations 100000 --seed 7``."""
+    _install_groups(session, "test")
+    session.install("-e", ".")
+    session.run("python", "benchmarks/soak.py", *session.posargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -51,6 +52,42 @@ async def test_user_exception_comes_out_as_itself(wire: Wire) -> None:
         async with wire.controller():
             raise KeyError("mine")
     assert type(info.value) is KeyError
+
+
+class AppError(Exception):
+    pass
+
+
+_EMPTY: dict[str, int] = {}
+
+
+def _explicit_chain() -> None:
+    try:
+        _EMPTY["inner"]
+    except KeyError as exc:
+        raise AppError("outer") from exc
+
+
+def _implicit_chain() -> None:
+    try:
+        _EMPTY["inner"]
+    except KeyError:
+        raise AppError("outer")  # noqa: B904 (implicit chaining on purpose)
+
+
+@pytest.mark.parametrize("fail", [_explicit_chain, _implicit_chain])
+async def test_user_exception_keeps_its_cause_and_context(
+    wire: Wire, fail: Callable[[], None]
+) -> None:
+    async def use() -> None:
+        async with wire.controller():
+            fail()
+
+    with pytest.raises(AppError) as info:
+        await use()
+    assert isinstance(info.value.__context__, KeyError)
+    if fail is _explicit_chain:
+        assert info.value.__cause__ is info.value.__context__
 
 
 async def test_user_exception_group_is_not_unwrapped(wire: Wire) -> None:

@@ -13,7 +13,12 @@ import anyio
 import attrs
 
 from ._discovery import Discovery
-from ._errors import ControllerStateError, DiscoveryError, InvocationCancelledError
+from ._errors import (
+    ControllerStateError,
+    DiscoveryError,
+    InvocationCancelledError,
+    only_exception,
+)
 from ._http import open_client
 from ._invoke import HttpxInvoker, Invocation, Invoker
 from ._message import base_headers, check_topic, coerce_body, merge_headers
@@ -132,27 +137,33 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 "an AsyncController can be entered only once; create a new one"
             )
         self._state = _State.STARTING
+        error: BaseException | None = None
         try:
-            async with (
-                open_client(self._config, self._transport) as client,
-                anyio.create_task_group() as tg,
-            ):
-                discovery = Discovery(client, self._config)
-                self._install(await discovery.fetch_at_startup())
-                refresher = _Refresher(self, discovery)
-                self._session = _Session(
-                    invoker=HttpxInvoker(client, self._config),
-                    refresher=refresher,
-                    task_group=tg,
-                )
-                refresh_scope = await tg.start(refresher.run_forever)
-                self._state = _State.RUNNING
-                try:
-                    yield self
-                finally:
-                    await self._shutdown(refresh_scope)
-        except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            try:
+                async with (
+                    open_client(self._config, self._transport) as client,
+                    anyio.create_task_group() as tg,
+                ):
+                    discovery = Discovery(client, self._config)
+                    self._install(await discovery.fetch_at_startup())
+                    refresher = _Refresher(self, discovery)
+                    self._session = _Session(
+                        invoker=HttpxInvoker(client, self._config),
+                        refresher=refresher,
+                        task_group=tg,
+                    )
+                    refresh_scope = await tg.start(refresher.run_forever)
+                    self._state = _State.RUNNING
+                    try:
+                        yield self
+                    finally:
+                        await self._shutdown(refresh_scope)
+            except BaseExceptionGroup as group:
+                error = only_exception(group)
+                if error is None:
+                    raise
+            if error is not None:
+                raise error  # outside `except`: its own __cause__ and __context__ stay
         finally:
             self._state = _State.CLOSED
             self._hub.close()
@@ -298,21 +309,27 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self, template: Invocation, functions: tuple[str, ...], token: object | None = None
     ) -> tuple[InvocationResult, ...]:
         # Each invocation takes a slot *before* its task starts, so waiting costs no task.
+        error: BaseException | None = None
         try:
             if len(functions) == 1:
                 first = token if token is not None else await self._acquire()
                 token = None
                 return (await self._run(first, attrs.evolve(template, function=functions[0])),)
             results: list[InvocationResult | None] = [None] * len(functions)
-            async with anyio.create_task_group() as tg:
-                for index, function in enumerate(functions):
-                    held = token if token is not None else await self._acquire()
-                    token = None
-                    invocation = attrs.evolve(template, function=function)
-                    tg.start_soon(self._run_into, results, index, held, invocation)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for index, function in enumerate(functions):
+                        held = token if token is not None else await self._acquire()
+                        token = None
+                        invocation = attrs.evolve(template, function=function)
+                        tg.start_soon(self._run_into, results, index, held, invocation)
+            except BaseExceptionGroup as group:
+                error = only_exception(group)
+                if error is None:
+                    raise
+            if error is not None:
+                raise error
             return tuple(r for r in results if r is not None)
-        except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
         finally:
             if token is not None:
                 self._release(token)
@@ -483,8 +500,3 @@ def _cancelled(invocation: Invocation, duration: float, *, attempts: int) -> Inv
         attempts=attempts,
         context=invocation.context,
     )
-
-
-def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The single exception a task group wrapped, so users see their own error as raised."""
-    return group.exceptions[0] if len(group.exceptions) == 1 else group

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 import httpx
 
-from ._errors import AuthenticationError, DiscoveryError, GatewayUnavailableError
+from ._errors import AuthenticationError, DiscoveryError, GatewayUnavailableError, describe
 from ._topics import TopicMap, parse_functions, parse_namespaces
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Discovery:
         except TimeoutError:
             raise DiscoveryError(f"GET {path} timed out after lookup_timeout={timeout}s") from None
         except httpx.HTTPError as exc:
-            raise DiscoveryError(f"GET {path} failed: {type(exc).__name__}: {exc}") from exc
+            raise DiscoveryError(f"GET {path} failed: {describe(exc)}") from exc
         status = response.status_code
         if status in (401, 403):
             hint = (

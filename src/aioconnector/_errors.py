@@ -20,6 +20,11 @@ Invalid arguments raise the builtin ``ValueError`` or ``TypeError`` at the call 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the builtin on 3.11+, the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = [
     "AuthenticationError",
     "ConnectorError",
@@ -89,3 +94,27 @@ class ResponseTooLargeError(InvocationError):
 
 class InvocationCancelledError(InvocationError):
     """The controller shut down and cancelled this invocation after ``drain_timeout``."""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, taking the message from the first link of the cause/context chain
+    that has one (on trio, a TLS failure arrives as ``ConnectError('')`` around the real
+    ``SSLCertVerificationError``)."""
+    link: BaseException | None = exc
+    seen: set[int] = set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        text = str(link)
+        if text:
+            return f"{type(exc).__name__}: {text}"
+        link = link.__cause__ or link.__context__
+    return type(exc).__name__
+
+
+def only_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception a task group wrapped, or None when it holds several.
+
+    Raise the result *outside* the ``except`` block that caught the group, so that it keeps
+    its own ``__cause__`` and ``__context__`` and users see their error exactly as raised.
+    """
+    return group.exceptions[0] if len(group.exceptions) == 1 else None

@@ -15,10 +15,13 @@ from ._errors import (
     UpstreamConnectionError,
     UpstreamStatusError,
     UpstreamTimeoutError,
+    describe,
 )
 from ._results import InvocationResult
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from ._config import ControllerConfig
 
 __all__ = ["HttpxInvoker", "Invocation", "Invoker"]
@@ -76,32 +79,39 @@ class HttpxInvoker:
         # One deadline for the whole exchange (httpx's timeouts are per read, not per call).
         with anyio.move_on_after(self._timeout) as deadline:
             try:
-                async with self._client.stream(
+                request = self._client.build_request(
                     "POST",
                     self.url_for(invocation.function),
                     content=invocation.body,
                     headers=invocation.headers,
-                    auth=self._auth,
-                ) as response:
+                )
+                # httpx's own body stream is an async generator that is never closed when a
+                # send is cancelled (encode/httpx#3686): a ResourceWarning on trio.
+                request.stream = _Body(invocation.body)
+                response = await self._client.send(request, auth=self._auth, stream=True)
+                try:
                     status = response.status_code
                     headers = _flatten(response.headers)
                     body = await _read_capped(response, self._max_bytes)
+                finally:
+                    await response.aclose()
             except _NOT_SENT as exc:
                 error = UpstreamConnectionError(
-                    f"{invocation.function}: {_describe(exc)}", request_sent=False
+                    f"{invocation.function}: {describe(exc)}", request_sent=False
                 )
             except httpx.TimeoutException as exc:
                 error = UpstreamTimeoutError(f"{invocation.function}: {type(exc).__name__}")
             except httpx.TransportError as exc:
                 error = UpstreamConnectionError(
-                    f"{invocation.function}: {_describe(exc)}", request_sent=True
+                    f"{invocation.function}: {describe(exc)}", request_sent=True
                 )
             except ResponseTooLargeError as exc:
                 error = exc
                 body = b""
         if deadline.cancelled_caught:
             error = UpstreamTimeoutError(
-                f"{invocation.function}: no complete answer within {self._timeout}s"
+                f"{invocation.function}: no complete answer within upstream_timeout="
+                f"{self._timeout}s"
             )
         elif error is None and status is not None and not 200 <= status < 300:
             error = UpstreamStatusError(status)
@@ -139,6 +149,25 @@ async def _read_capped(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _describe(exc: httpx.TransportError) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _Body(httpx.AsyncByteStream):
+    """The request body as one chunk, iterated without an async generator."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._data)
+
+
+class _OneChunk:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import anyio
 import attrs
 
+from ._errors import only_exception
+
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
@@ -135,6 +137,7 @@ async def run_source(
         if not busy_workers:
             workers_done.set()
 
+    error: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
             if stop_signals:
@@ -153,7 +156,11 @@ async def run_source(
                 await workers_done.wait()
             group.cancel_scope.cancel()  # the watchers, and workers past the deadline
     except BaseExceptionGroup as exc:
-        raise exc.exceptions[0] if len(exc.exceptions) == 1 else exc from None
+        error = only_exception(exc)
+        if error is None:
+            raise
+    if error is not None:
+        raise error  # outside `except`: its own __cause__ and __context__ stay
     unsettled = len(counter.pending)
     if unsettled:
         logger.warning("%d message(s) left unsettled at stop", unsettled)

@@ -23,6 +23,7 @@ from ._transport import FakeTransport
 from ._wire import DROP, Background, Incoming, Outcome
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
     from ._models import Handler
@@ -282,19 +283,34 @@ class FakeGateway:
         return FakeTransport(self._dispatch, callback_transport=self._callback_transport)
 
     @asynccontextmanager
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> AsyncIterator[str]:
         """Serve the gateway over HTTP/1.1 on ``host``:``port`` (0: an ephemeral port).
 
         Yields the base URL, e.g. ``http://127.0.0.1:41234`` (with ``base_path`` appended),
         also available as :attr:`url` meanwhile. One task per connection, keep-alive,
         Content-Length and chunked request bodies. Leaving closes the listener, every
         connection and the background work.
+
+        With a server-side ``ssl_context`` (e.g. one a ``trustme`` certificate configured,
+        optionally requiring client certificates) the gateway speaks HTTPS and the URL starts
+        with ``https://``; a connection whose TLS handshake fails is closed, nothing else.
         """
         async with Server(
-            self._dispatch, host=host, port=port, callback_transport=self._callback_transport
+            self._dispatch,
+            host=host,
+            port=port,
+            callback_transport=self._callback_transport,
+            ssl_context=ssl_context,
         ) as (bound_host, bound_port):
             netloc = f"[{bound_host}]" if ":" in bound_host else bound_host
-            url = f"http://{netloc}:{bound_port}{self._base_path}"
+            scheme = "http" if ssl_context is None else "https"
+            url = f"{scheme}://{netloc}:{bound_port}{self._base_path}"
             self._urls.append(url)
             try:
                 yield url

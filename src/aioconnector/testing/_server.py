@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ssl
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final, final
 
@@ -11,13 +12,14 @@ import h11
 import httpx
 from anyio import AsyncContextManagerMixin
 from anyio.abc import SocketAttribute, SocketListener
+from anyio.streams.tls import TLSStream
 
 from ._wire import DROP, Background, Dispatch, Incoming, open_background, response_has_body
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from anyio.abc import SocketStream, TaskGroup
+    from anyio.abc import ByteStream, SocketStream, TaskGroup
 
     from ._models import FakeResponse
 
@@ -36,7 +38,8 @@ class Server(AsyncContextManagerMixin):
     """Serves a dispatch function over HTTP/1.1 while its ``async with`` block runs.
 
     Entering binds the listener and yields ``(host, port)``; leaving cancels every
-    connection and the background work, then closes the listener.
+    connection and the background work, then closes the listener. With ``ssl_context``, every
+    connection is wrapped in TLS first; a failed handshake closes that connection only.
     """
 
     def __init__(
@@ -46,11 +49,13 @@ class Server(AsyncContextManagerMixin):
         host: str,
         port: int,
         callback_transport: httpx.AsyncBaseTransport | None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._dispatch = dispatch
         self._host = host
         self._port = port
         self._callback_transport = callback_transport
+        self._ssl_context = ssl_context
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[tuple[str, int]]:
@@ -86,17 +91,29 @@ class Server(AsyncContextManagerMixin):
                 continue
             task_group.start_soon(self._connection, stream, background)
 
-    async def _connection(self, stream: SocketStream, background: Background) -> None:
-        async with stream:
+    async def _connection(self, socket: SocketStream, background: Background) -> None:
+        async with socket:
+            stream: ByteStream = socket
+            if self._ssl_context is not None:
+                try:
+                    # Not standard_compatible: no close_notify dance, an abrupt EOF is an EOF.
+                    stream = await TLSStream.wrap(
+                        socket,
+                        server_side=True,
+                        ssl_context=self._ssl_context,
+                        standard_compatible=False,
+                    )
+                except (OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+                    return  # a failed handshake (ssl.SSLError is an OSError) ends this one only
             connection = h11.Connection(h11.SERVER)
             try:
                 while await self._exchange(connection, stream, background):
                     connection.start_next_cycle()
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the client went away
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError):
+                pass  # the client went away (or broke the TLS session)
 
     async def _exchange(
-        self, connection: h11.Connection, stream: SocketStream, background: Background
+        self, connection: h11.Connection, stream: ByteStream, background: Background
     ) -> bool:
         """Answer one request; True when the connection may carry another."""
         try:
@@ -135,7 +152,7 @@ class Server(AsyncContextManagerMixin):
         return connection.our_state is h11.DONE and connection.their_state is h11.DONE
 
 
-async def _next_event(connection: h11.Connection, stream: SocketStream) -> object:
+async def _next_event(connection: h11.Connection, stream: ByteStream) -> object:
     """The next h11 event (or ``PAUSED``), reading from ``stream`` as needed."""
     while True:
         event = connection.next_event()
@@ -161,7 +178,7 @@ def _encode(connection: h11.Connection, method: str, response: FakeResponse) -> 
     return data + connection.send(h11.EndOfMessage())
 
 
-async def _refuse(connection: h11.Connection, stream: SocketStream, status: int) -> None:
+async def _refuse(connection: h11.Connection, stream: ByteStream, status: int) -> None:
     """Answer a request we cannot parse, then let the connection close."""
     if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
