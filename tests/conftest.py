@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
 from aioconnector.testing import FakeGateway
@@ -21,12 +22,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["transport", "socket"])
+@pytest.fixture(params=["transport", "httpx", "fast"])
 async def wire(request: pytest.FixtureRequest) -> AsyncIterator[Wire]:
-    """A FakeGateway reached through ``gateway.transport()`` or over 127.0.0.1."""
+    """A FakeGateway reached three ways: in-process through ``gateway.transport()``; over
+    127.0.0.1 through httpx (a transport given: the path users' transports take); and over
+    127.0.0.1 through the default lean HTTP/1.1 pool (no transport given)."""
     gateway = FakeGateway()
     if request.param == "transport":
-        yield Wire(gateway, "http://gateway.test", gateway.transport())
-    else:
-        async with gateway.serve() as url:
-            yield Wire(gateway, url, None)
+        yield Wire(gateway, "http://gateway.test", gateway.transport)
+        return
+    async with gateway.serve() as url:
+        fresh_httpx = httpx.AsyncHTTPTransport if request.param == "httpx" else None
+        yield Wire(gateway, url, fresh_httpx)

@@ -47,6 +47,9 @@ class Invoker(Protocol):
 
     async def invoke(self, invocation: Invocation) -> InvocationResult: ...
 
+    async def aclose(self) -> None:
+        """Release what the invoker holds (connections); called once, at controller exit."""
+
 
 @final
 class HttpxInvoker:
@@ -65,6 +68,9 @@ class HttpxInvoker:
             if creds is not None and config.auth_invocations
             else None
         )
+
+    async def aclose(self) -> None:
+        """Nothing to do: the controller closes the shared client."""
 
     def url_for(self, function: str) -> str:
         # safe="" quotes "/" too: an address can never leave /function/.
