@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 
 import anyio
 import attrs
@@ -87,6 +88,25 @@ async def test_every_message_is_settled_once_with_the_right_verdict(wire: Wire) 
     assert stats.settled[Settlement.ACK] == 2
     ids = sorted(r.headers["x-message-id"] for r in wire.gateway.invocations())
     assert ids == ["0", "1", "1", "4"]
+
+
+async def test_a_function_deployed_since_the_last_refresh_is_not_missed(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled = Settled()
+    async with wire.controller() as ctrl:
+        wire.gateway.add_function("new", topics="fresh")  # after the controller's first map
+        await anyio.sleep(0.01)
+        # The map is younger than the refresh-on-miss threshold: unmatched, no refresh.
+        await run_source(ctrl, listed([Msg(1, "fresh")]), convert=convert, settle=settled)
+        assert settled.verdicts[1] is Settlement.UNMATCHED
+        assert ctrl.stats().refreshes == 1
+        # An older map is refreshed before a message is settled as unmatched.
+        monkeypatch.setattr("aioconnector._source._MISS_REFRESH_AFTER", timedelta(0))
+        await run_source(ctrl, listed([Msg(2, "fresh")]), convert=convert, settle=settled)
+        assert settled.verdicts[2] is Settlement.ACK
+        assert ctrl.stats().refreshes == 2
+    assert [r.headers["x-message-id"] for r in wire.gateway.invocations()] == ["2"]
 
 
 async def test_an_explicit_message_id_header_is_kept(wire: Wire) -> None:

@@ -12,12 +12,13 @@ import enum
 import logging
 import signal
 import sys
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import attrs
 
-from ._errors import only_exception
+from ._errors import DiscoveryError, only_exception
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -39,6 +40,8 @@ T = TypeVar("T")
 
 # How long settle() (or release()) may take once its message's invocations are over.
 _SETTLE_GRACE = 5.0
+# An unmatched message refreshes a topic map older than this before it is settled UNMATCHED.
+_MISS_REFRESH_AFTER = timedelta(seconds=5)
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +63,8 @@ class Settlement(enum.Enum):
     RETRY = "retry"
     """At least one invocation failed: negative-acknowledge so the broker redelivers."""
     UNMATCHED = "unmatched"
-    """No function subscribes to the topic: terminate, dead-letter or drop, as you choose."""
+    """No function subscribes to the topic (even after refreshing a topic map older than a few
+    seconds): terminate, dead-letter or drop, as you choose."""
     INVALID = "invalid"
     """The message could not be converted or invoked (e.g. a topic with control characters)."""
 
@@ -203,6 +207,10 @@ async def _handle(
         results = await controller.invoke(
             message.topic, message.body, headers=headers, context=item
         )
+        if not results and await _refreshed_for(controller, message.topic):
+            results = await controller.invoke(
+                message.topic, message.body, headers=headers, context=item
+            )
         verdict = settlement_of(results)
     except (ValueError, TypeError) as exc:
         logger.warning("invalid message from the source: %s", exc)
@@ -213,6 +221,19 @@ async def _handle(
         await settle(item, verdict, results)
         counter.settled[verdict] += 1
         del counter.pending[id(item)]
+
+
+async def _refreshed_for(controller: AsyncController, topic: str) -> bool:
+    """Before settling a message as UNMATCHED, make sure the map is not merely stale (a
+    function deployed since the last refresh). At most one refresh per few seconds."""
+    last = controller.stats().last_refresh
+    if last is not None and datetime.now(timezone.utc) - last < _MISS_REFRESH_AFTER:
+        return False
+    try:
+        await controller.refresh()
+    except DiscoveryError:
+        return False  # counted in stats and logged; the message stays UNMATCHED
+    return bool(controller.functions_for(topic))
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
