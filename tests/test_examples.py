@@ -32,7 +32,8 @@ from aioconnector import ControllerConfig
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-NAMES = ["aiohttp_webhook", "fastapi_webhook", "tester", "trio_connector"]
+# Every runnable example, broker connectors included (their clients: the `brokers` group).
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 
 def _load(name: str) -> ModuleType:
@@ -52,7 +53,9 @@ if TYPE_CHECKING:  # mypy checks examples/ too: each file there is a top-level m
     import tester
     import trio_connector
 else:
-    aiohttp_webhook, fastapi_webhook, tester, trio_connector = map(_load, NAMES)
+    aiohttp_webhook, fastapi_webhook, tester, trio_connector = map(
+        _load, ["aiohttp_webhook", "fastapi_webhook", "tester", "trio_connector"]
+    )
 
 
 def example_config(gateway_url: str) -> ControllerConfig:

@@ -101,7 +101,9 @@ async def connector_process(
             await process.aclose()  # waits for it
 
 
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, within: float) -> None:
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, within: float = 10.0
+) -> None:
     """Poll ``condition`` (sync or async) until it is true; fail after ``within`` seconds."""
     with anyio.fail_after(within):
         while True:

@@ -6,13 +6,9 @@ publishes under its own topic prefix (a uuid).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,11 +16,10 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-import aioconnector
 from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
-from ._process import EXAMPLES
+from ._process import wait_until
 from .conftest import require_module, require_service
 
 require_module("aiomqtt")  # the example imports it: without it, every test here skips
@@ -88,31 +83,8 @@ async def publish(port: int, messages: list[tuple[str, str]]) -> None:
             await client.publish(topic, payload, qos=1)
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
 def ids(records: list[RecordedRequest]) -> list[str]:
     return [record.headers["x-message-id"] for record in records]
-
-
-def test_help_prints_usage() -> None:
-    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
-        [sys.executable, str(EXAMPLES / "mqtt.py"), "--help"],
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith("usage: mqtt.py")
-    assert "--topics" in completed.stdout
-    assert "gateway_url" in completed.stdout
 
 
 async def test_end_to_end_qos1(gateway: FakeGateway, port: int, prefix: str) -> None:

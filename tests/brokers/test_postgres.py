@@ -7,24 +7,19 @@ NOTIFY with ``SELECT pg_notify(channel, payload)`` on channels of their own (uui
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-import aioconnector
 from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway
 
-from ._process import EXAMPLES
+from ._process import wait_until
 from .conftest import require_module, require_service
 
 require_module("asyncpg")  # the example imports it: without it, every test here skips
@@ -91,31 +86,8 @@ async def notify(dsn: str, notifications: list[tuple[str, str]]) -> None:
         await connection.close()
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
 def envelope(topic: object, body: object, ident: object) -> str:
     return json.dumps({"topic": topic, "body": body, "id": ident})
-
-
-def test_help_prints_usage() -> None:
-    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
-        [sys.executable, str(EXAMPLES / "postgres_notify.py"), "--help"],
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith("usage: postgres_notify.py")
-    assert "--channels" in completed.stdout
-    assert "at most once" in completed.stdout
 
 
 async def test_end_to_end_json_envelopes(

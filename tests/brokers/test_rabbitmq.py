@@ -7,12 +7,9 @@ uses its own exchange and queues (uuid names) and deletes them afterwards.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,11 +19,10 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-import aioconnector
 from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
-from ._process import EXAMPLES, connector_process
+from ._process import connector_process, wait_until
 from .conftest import require_module, require_service
 
 require_module("aio_pika")  # the example imports it: without it, every test here skips
@@ -135,31 +131,8 @@ async def depth(broker: Broker, queue: str) -> int:
         return int(declared.declaration_result.message_count)
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 10) -> None:
-    with anyio.fail_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
-
-
 def ids(records: list[RecordedRequest]) -> list[str]:
     return [record.headers["x-message-id"] for record in records]
-
-
-def test_help_prints_usage() -> None:
-    package_root = str(Path(aioconnector.__file__).resolve().parent.parent)
-    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    completed = subprocess.run(  # noqa: S603 (our own interpreter and file)
-        [sys.executable, str(EXAMPLES / "rabbitmq.py"), "--help"],
-        env={**os.environ, "PYTHONPATH": pythonpath},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert completed.stdout.startswith("usage: rabbitmq.py")
-    assert "--bindings" in completed.stdout
-    assert "gateway_url" in completed.stdout
 
 
 async def test_end_to_end(gateway: FakeGateway, broker: Broker) -> None:
