@@ -600,7 +600,8 @@ async def test_dropped_mid_body() -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffff\r\n",
+        # A chunk that announces too much fails once more than the limit has arrived.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffff\r\n" + b"x" * 20,
     ],
     ids=["content-length", "chunked", "huge chunk"],
 )

@@ -34,6 +34,9 @@ def test_header_values_with_control_characters_never_pass(value: str) -> None:
     if _has_control(value, allow_tab=True):
         with pytest.raises(ValueError, match=r"'X-Value'.*CR, LF"):
             merge_headers(BASE, "t", {"X-Value": value})
+    elif not value.isascii():
+        with pytest.raises(ValueError, match=r"'X-Value'.*must be ASCII"):
+            merge_headers(BASE, "t", {"X-Value": value})
     else:
         assert merge_headers(BASE, "t", {"X-Value": value})[-1] == ("X-Value", value)
 
@@ -42,6 +45,9 @@ def test_header_values_with_control_characters_never_pass(value: str) -> None:
 def test_topics_are_accepted_only_without_control_characters(topic: str) -> None:
     if not topic or _has_control(topic, allow_tab=False):
         with pytest.raises(ValueError, match="topic must not"):
+            check_topic(topic)
+    elif not topic.isascii():
+        with pytest.raises(ValueError, match="topic must be ASCII"):
             check_topic(topic)
     else:
         assert check_topic(topic) == topic

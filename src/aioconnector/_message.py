@@ -24,6 +24,8 @@ def check_topic(topic: object) -> str:
         raise ValueError("topic must not be empty")
     if _TOPIC_CONTROL.search(topic):
         raise ValueError(f"topic must not contain control characters (CR, LF, ...): {topic!r}")
+    if not topic.isascii():
+        raise ValueError(f"topic must be ASCII (it is sent as the X-Topic header): {topic!r}")
     return topic
 
 
@@ -68,3 +70,5 @@ def _check_header(name: object, value: object) -> None:
         raise ValueError(f"header {name!r} is set by aioconnector and cannot be given")
     if _CONTROL.search(value):
         raise ValueError(f"header {name!r}: value must not contain CR, LF or control characters")
+    if not value.isascii():
+        raise ValueError(f"header {name!r}: value must be ASCII (encode it, e.g. as UTF-8 %XX)")

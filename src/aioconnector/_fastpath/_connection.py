@@ -1,4 +1,4 @@
-"""One pooled connection: reading response heads and bodies off an anyio byte stream."""
+"""One pooled connection: reading responses off an anyio byte stream with `_parse`'s parser."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 
 from .._errors import ResponseTooLargeError
-from ._parse import BLANK_LINE, CHUNK_LINE, CHUNKED, MalformedResponseError, check_trailers
+from ._parse import (
+    BLANK_LINE,
+    CHUNK_LINE,
+    CHUNKED,
+    Head,
+    MalformedResponseError,
+    check_trailers,
+    parse_head,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import ByteStream
@@ -20,22 +28,49 @@ _MAX_HEAD: Final = 100 * 1024  # a response head (or chunk line) larger than thi
 
 @final
 class Connection:
-    """One pooled connection: the stream, bytes received but not consumed, when it went idle."""
+    """A stream, the bytes received but not consumed yet, and since when it is idle.
 
-    __slots__ = ("buffer", "idle_since", "stream")
+    Per response: `response_head`, then `response_body`; then `reusable` says whether the
+    stream is in step for another request. After a failure, `received` says whether any byte
+    of the response had arrived.
+    """
+
+    __slots__ = ("_informed", "buffer", "idle_since", "stream")
 
     def __init__(self, stream: ByteStream) -> None:
         self.stream = stream
         self.buffer = b""
         self.idle_since = 0.0
+        self._informed = False  # a 1xx response came before the final one
 
-    async def body(self, framing: int, limit: int) -> bytes:
-        """The body: ``framing`` bytes, or chunked, or up to EOF; at most ``limit`` bytes."""
+    async def response_head(self) -> Head:
+        """The head of the final response, 1xx informational responses skipped."""
+        self._informed = False
+        parsed = parse_head(await self.head())
+        while parsed[0] < 200:
+            if parsed[0] == 101:
+                raise MalformedResponseError("unexpected 101 Switching Protocols")
+            self._informed = True
+            parsed = parse_head(await self.head())
+        return parsed
+
+    async def response_body(self, framing: int, limit: int) -> bytes:
+        """The body: ``framing`` bytes, chunked, or up to EOF; more than ``limit`` fails."""
+        buffer = self.buffer
+        if 0 <= framing <= len(buffer):  # the usual case: it came with the head
+            self.buffer = buffer[framing:]
+            return buffer[:framing]
         if framing >= 0:
             return await self.exact(framing)
         if framing == CHUNKED:
             return await self.chunked(limit)
         return await self.until_close(limit)
+
+    def reusable(self) -> bool:
+        return not self.buffer  # bytes beyond the response: the stream is out of step
+
+    def received(self) -> bool:
+        return self._informed or bool(self.buffer)
 
     async def head(self) -> bytes:
         """The next response head, through the newline of its last line."""
@@ -90,10 +125,10 @@ class Connection:
             chunk = int(match[1], 16)
             if chunk == 0:
                 break
-            size += chunk
-            if size > limit:
-                raise ResponseTooLargeError(f"response exceeds max_response_bytes={limit}")
+            if size + chunk > limit:
+                await self.too_large(limit - size, limit)
             pieces.append(await self.exact(chunk))
+            size += chunk
             if await self.exact(2) != b"\r\n":
                 raise MalformedResponseError("chunk not followed by CRLF")
         # Trailers: ignored, as httpx does, but they must be well-formed.
@@ -106,6 +141,13 @@ class Connection:
         else:
             check_trailers(await self.head())
         return b"".join(pieces)
+
+    async def too_large(self, allowed: int, limit: int) -> None:
+        """Fail once more than ``allowed`` bytes arrive (as httpx counts: what was received)."""
+        have = len(self.buffer)
+        while have <= allowed:
+            have += len(await self.stream.receive(_READ_SIZE))
+        raise ResponseTooLargeError(f"response exceeds max_response_bytes={limit}")
 
     async def until_close(self, limit: int) -> bytes:
         pieces = [self.buffer]

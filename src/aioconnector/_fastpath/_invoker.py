@@ -21,7 +21,7 @@ from .._errors import (
 from .._http import _tls_context
 from .._results import InvocationResult
 from ._connection import Connection
-from ._parse import Head, MalformedResponseError, parse_head
+from ._parse import Head, MalformedResponseError
 
 if TYPE_CHECKING:
     import ssl
@@ -95,18 +95,13 @@ class FastInvoker:
         with deadline or nullcontext():
             connection: Connection | None = None
             try:
-                connection, response = await self._send(request, started)
-                parsed = parse_head(response)
-                if parsed[0] < 200:
-                    parsed = await self._final_head(connection, parsed)
-                status, headers, framing, keep_alive = parsed
+                connection, (status, headers, framing, keep_alive) = await self._send(
+                    request, started
+                )
                 self._check_declared(headers)
-                buffer = connection.buffer
-                if 0 <= framing <= len(buffer):  # the whole body came with the head
-                    body, connection.buffer = buffer[:framing], buffer[framing:]
-                else:
-                    body = await connection.body(framing, self._max_bytes)
-                if keep_alive and self._release(connection, started):
+                body = await connection.response_body(framing, self._max_bytes)
+                if keep_alive and connection.reusable() and not self._closed:
+                    self._release(connection, started)
                     connection = None
             except _ConnectError as exc:
                 error = UpstreamConnectionError(f"{invocation.function}: {exc}", request_sent=False)
@@ -161,8 +156,8 @@ class FastInvoker:
         self._heads[key] = head
         return head
 
-    async def _send(self, request: bytes, now: float) -> tuple[Connection, bytes]:
-        """Send the request; the connection and the first response head read from it."""
+    async def _send(self, request: bytes, now: float) -> tuple[Connection, Head]:
+        """Send the request; the connection, and the head of the response read from it."""
         idle = self._idle
         if idle and now - idle[-1].idle_since < _KEEPALIVE_EXPIRY:
             connection, reused = idle.pop(), True
@@ -170,10 +165,10 @@ class FastInvoker:
             connection, reused = await self._acquire(now)
         try:
             await connection.stream.send(request)
-            return connection, await connection.head()
+            return connection, await connection.response_head()
         except _LOST:
             await self._drop(connection)
-            if not reused or connection.buffer:
+            if not reused or connection.received():
                 raise
         except BaseException:
             await self._drop(connection)
@@ -183,18 +178,10 @@ class FastInvoker:
         connection = await self._connect()
         try:
             await connection.stream.send(request)
-            return connection, await connection.head()
+            return connection, await connection.response_head()
         except BaseException:
             await self._drop(connection)
             raise
-
-    async def _final_head(self, connection: Connection, parsed: Head) -> Head:
-        """Skip 1xx informational responses (the head of the first is ``parsed``)."""
-        while parsed[0] < 200:
-            if parsed[0] == 101:
-                raise MalformedResponseError("unexpected 101 Switching Protocols")
-            parsed = parse_head(await connection.head())
-        return parsed
 
     def _check_declared(self, headers: dict[str, str]) -> None:
         """A declared length over the limit fails before reading (parse_head checked digits)."""
@@ -204,15 +191,13 @@ class FastInvoker:
                 f"response of {declared} bytes exceeds {self._max_bytes} bytes"
             )
 
-    def _release(self, connection: Connection, now: float) -> bool:
-        """Pool a connection after a complete response; False when it cannot be reused."""
-        if connection.buffer or self._closed:
-            return False  # bytes beyond the response: the stream is out of step
-        connection.idle_since = now
+    def _release(self, connection: Connection, started: float) -> None:
+        """Pool a connection after a complete response."""
+        # Idle time counts from the start of its last call: it expires early, never late.
+        connection.idle_since = started
         self._idle.append(connection)
         if self._waiters:
             self._wake()
-        return True
 
     async def _acquire(self, now: float) -> tuple[Connection, bool]:
         """A pooled connection (True) or a new one (False)."""

@@ -58,8 +58,14 @@ def parse_head(head: bytes) -> Head:
     status = int(match[2])
     if status < 100:
         raise MalformedResponseError(f"invalid status {status}")
-    keep_alive = match[1] >= b"1.1"
-    headers = _headers(block)
+    return _finish_head(status, match[1] >= b"1.1", _headers(block))
+
+
+def _finish_head(status: int, keep_alive: bool, headers: dict[str, str]) -> Head:
+    """Check and normalise the framing headers (as h11 does) and work out the body framing.
+
+    ``keep_alive`` says whether the HTTP version allows it (1.1 or later).
+    """
     length = headers.get("content-length")
     if length is not None and not (length.isdigit() and length.isascii() and len(length) <= 20):
         # h11 accepts a list of equal lengths (also over repeated headers) and keeps one.
@@ -107,13 +113,7 @@ def _headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
     if not block:
         return headers
-    try:
-        text = block.decode("ascii")
-    except UnicodeDecodeError:
-        try:
-            text = block.decode("utf-8")
-        except UnicodeDecodeError:
-            text = block.decode("latin-1")
+    text = _decode(block)
     if "\n " in text or "\n\t" in text:
         text = _FOLD.sub(" ", text)
     names = _NAMES
@@ -125,6 +125,17 @@ def _headers(block: bytes) -> dict[str, str]:
         value = value.strip(" \t")  # any other character was checked by `_normalise`
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
+
+
+def _decode(data: bytes) -> str:
+    """Header bytes as httpx decodes them: ASCII, else UTF-8, else Latin-1 (all of them alike)."""
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
 
 
 def _new_name(name: str, colon: str) -> str:
