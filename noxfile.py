@@ -51,3 +51,13 @@ def soak(session: nox.Session) -> None:
     _install_groups(session, "test")
     session.install("-e", ".")
     session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput, fan-out, latency-bound, memory and added-latency benchmarks against a
+    loopback stub gateway, with the raw ceiling and bare httpx alongside (a few minutes; not
+    in the default run). ``nox -s bench -- --quick`` or ``-- --scenario a,c --backend uvloop``."""
+    _install_groups(session, "bench")
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -1,0 +1,117 @@
+"""What the parent and the measuring children share: the request, the wire names, and gauges.
+
+Gauges read ``/proc`` where there is one (Linux) and fall back on ``resource``: no extra
+dependency.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+HOST: Final = "127.0.0.1"  # the only address the benchmarks ever talk to
+NAMESPACE: Final = "openfaas-fn"
+TOPIC_ONE: Final = "bench"  # fn0 only
+TOPIC_FANOUT: Final = "fanout"  # fn0 .. fn3
+FANOUT_FUNCTIONS: Final = ("fn0", "fn1", "fn2", "fn3")
+#: The message every client sends: 100 bytes, as in the reference measurements.
+BODY: Final = b'{"event":"bench","payload":"' + b"x" * 70 + b'"}'
+assert len(BODY) == 100
+#: Headers a connector adds to each invocation (the controller sends these and a User-Agent).
+USER_AGENT: Final = "aioconnector-bench"
+RESULT_PREFIX: Final = "RESULT "  # a child's stdout line carrying one measurement as JSON
+
+_STATUS: Final = Path("/proc/self/status")
+_CLEAR_REFS: Final = Path("/proc/self/clear_refs")
+_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def function_path(function: str) -> str:
+    return f"/function/{function}.{NAMESPACE}"
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def rss_bytes() -> int:
+    """Resident set size now (VmRSS); the peak so far where /proc is missing."""
+    kib = _proc_status_kib("VmRSS:")
+    return _maxrss_bytes() if kib is None else kib * 1024
+
+
+def peak_rss_bytes() -> int:
+    """The high-water mark of the resident set (VmHWM, or ru_maxrss)."""
+    kib = _proc_status_kib("VmHWM:")
+    return _maxrss_bytes() if kib is None else kib * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (user + system, every thread)."""
+    return time.process_time()
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time of another process (the stub) from /proc/<pid>/stat; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of an already sorted list."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
+    return ordered[rank - 1]
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-file limit to the hard one (10,000 sockets in flight need it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard
