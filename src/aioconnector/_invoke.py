@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ._config import ControllerConfig
 
-__all__ = ["HttpxInvoker", "Invocation", "Invoker"]
+__all__ = ["HttpxInvoker", "Invocation", "Invoker", "finish"]
 
 
 # The connection was never made, so the request never left: always safe to retry.
@@ -114,24 +114,48 @@ class HttpxInvoker:
             except ResponseTooLargeError as exc:
                 error = exc
                 body = b""
-        if deadline.cancelled_caught:
-            error = UpstreamTimeoutError(
-                f"{invocation.function}: no complete answer within upstream_timeout="
-                f"{self._timeout}s"
-            )
-        elif error is None and status is not None and not 200 <= status < 300:
-            error = UpstreamStatusError(status)
-        return InvocationResult(
-            topic=invocation.topic,
-            function=invocation.function,
+        return finish(
+            invocation,
+            started=started,
             status=status,
             body=body,
             headers=headers,
-            duration=anyio.current_time() - started,
             error=error,
-            call_id=headers.get("x-call-id"),
-            context=invocation.context,
+            timed_out=deadline.cancelled_caught,
+            timeout=self._timeout,
         )
+
+
+def finish(
+    invocation: Invocation,
+    *,
+    started: float,
+    status: int | None,
+    body: bytes,
+    headers: dict[str, str],
+    error: InvocationError | None,
+    timed_out: bool,
+    timeout: float | None,
+) -> InvocationResult:
+    """The result of one exchange, the same for every invoker: a deadline that passed is an
+    `UpstreamTimeoutError`, a non-2xx answer an `UpstreamStatusError`."""
+    if timed_out:
+        error = UpstreamTimeoutError(
+            f"{invocation.function}: no complete answer within upstream_timeout={timeout}s"
+        )
+    elif error is None and status is not None and not 200 <= status < 300:
+        error = UpstreamStatusError(status)
+    return InvocationResult(
+        topic=invocation.topic,
+        function=invocation.function,
+        status=status,
+        body=body,
+        headers=headers,
+        duration=anyio.current_time() - started,
+        error=error,
+        call_id=headers.get("x-call-id"),
+        context=invocation.context,
+    )
 
 
 def _flatten(headers: httpx.Headers) -> dict[str, str]:

@@ -15,11 +15,9 @@ from .._errors import (
     InvocationError,
     ResponseTooLargeError,
     UpstreamConnectionError,
-    UpstreamStatusError,
-    UpstreamTimeoutError,
 )
 from .._http import _tls_context
-from .._results import InvocationResult
+from .._invoke import finish
 from ._connection import Connection
 from ._parse import Head, MalformedResponseError
 
@@ -30,6 +28,7 @@ if TYPE_CHECKING:
 
     from .._config import ControllerConfig
     from .._invoke import Invocation
+    from .._results import InvocationResult
 
 __all__ = ["FastInvoker"]
 
@@ -114,22 +113,15 @@ class FastInvoker:
             finally:
                 if connection is not None:  # never reused after an error or a cancellation
                     await self._drop(connection)
-        if deadline is not None and deadline.cancelled_caught:
-            error = UpstreamTimeoutError(
-                f"{invocation.function}: no complete answer within {self._timeout}s"
-            )
-        elif error is None and status is not None and not 200 <= status < 300:
-            error = UpstreamStatusError(status)
-        return InvocationResult(
-            topic=invocation.topic,
-            function=invocation.function,
+        return finish(
+            invocation,
+            started=started,
             status=status,
             body=body,
             headers=headers,
-            duration=anyio.current_time() - started,
             error=error,
-            call_id=headers.get("x-call-id"),
-            context=invocation.context,
+            timed_out=deadline is not None and deadline.cancelled_caught,
+            timeout=self._timeout,
         )
 
     async def aclose(self) -> None:
