@@ -27,6 +27,7 @@ from aioconnector._errors import (
 )
 from aioconnector._fastpath import FastInvoker
 from aioconnector._fastpath import _invoker as invoker_module
+from aioconnector._fastpath._connection import Connection
 from aioconnector._fastpath._parse import (
     BLANK_LINE,
     CHUNKED,
@@ -959,3 +960,72 @@ def test_head_parser_agrees_with_h11(
 )
 def test_head_parser_agrees_with_h11_on_edge_cases(data: bytes) -> None:
     assert our_reading(data) == h11_reading(data)
+
+
+# -- whole responses, split anywhere, read as h11 reads them ---------------------------------
+
+
+class _Pieces(anyio.abc.ByteStream):
+    """A stream that hands out a response in the given pieces, then EOF."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self._pieces = pieces
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._pieces:
+            raise anyio.EndOfStream
+        return self._pieces.pop(0)
+
+    async def send(self, item: bytes) -> None:  # pragma: no cover (never written to here)
+        raise NotImplementedError
+
+    async def send_eof(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self._pieces = []
+
+
+@st.composite
+def _responses(draw: st.DrawFn) -> tuple[bytes, int, bytes]:
+    status = draw(st.sampled_from([200, 201, 202, 400, 404, 429, 500, 503]))
+    body = draw(st.binary(max_size=300))
+    names = draw(st.lists(st.sampled_from(["X-Call-Id", "X-A", "x-b", "Server"]), max_size=4))
+    head = [f"HTTP/1.1 {status} Whatever".encode()]
+    head += [f"{name}: v{i}".encode() for i, name in enumerate(names)]
+    if draw(st.booleans()):
+        head.append(f"Content-Length: {len(body)}".encode())
+        payload = body
+    else:
+        head.append(b"Transfer-Encoding: chunked")
+        cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=5)))
+        parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    raw = b"\r\n".join(head) + b"\r\n\r\n" + payload
+    return raw, status, body
+
+
+@given(response=_responses(), data=st.data())
+async def test_any_split_of_a_response_reads_as_h11_reads_it(
+    response: tuple[bytes, int, bytes], data: st.DataObject
+) -> None:
+    raw, status, body = response
+    cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=8)))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
+    connection = Connection(_Pieces(pieces))
+    got_status, headers, framing, _keep_alive = await connection.response_head()
+    got_body = await connection.response_body(framing, 1 << 20)
+
+    reference = h11.Connection(h11.CLIENT)
+    reference.send(h11.Request(method="POST", target="/", headers=[("Host", "x")]))
+    reference.receive_data(raw)
+    head = reference.next_event()
+    assert isinstance(head, h11.Response)
+    h11_body = b""
+    while not isinstance(event := reference.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data)
+        h11_body += event.data
+    assert (got_status, got_body) == (head.status_code, h11_body) == (status, body)
+    h11_call_ids = [v.decode() for k, v in head.headers if k == b"x-call-id"]
+    assert headers.get("x-call-id") == (", ".join(h11_call_ids) or None)
+    assert connection.reusable()
