@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, final
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, final
 import anyio
 import attrs
 
-from aioconnector.testing import FakeResponse, RecordedRequest
+from aioconnector import ControllerConfig, RetryPolicy, SourceStats
+from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -158,3 +160,42 @@ class SlowFunction:
     def in_flight(self) -> set[str]:
         """The messages being worked on right now."""
         return {call.message_id for call in self.calls if call.finished is None}
+
+
+def broker_config(url: str) -> ControllerConfig:
+    """No retries in the connector: redelivery is the broker's job in these tests."""
+    return ControllerConfig(gateway_url=url, retry=RetryPolicy.disabled(), startup_timeout=5)
+
+
+@asynccontextmanager
+async def running_in_process(
+    run: Callable[..., Awaitable[SourceStats]], config: ControllerConfig, options: object
+) -> AsyncIterator[list[SourceStats]]:
+    """Run a connector's ``run(config, options, stop=...)`` during the block, then stop it;
+    its stats are appended to the yielded list."""
+    stop = anyio.Event()
+    stats: list[SourceStats] = []
+
+    async def consume() -> None:
+        stats.append(await run(config, options, stop=stop))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume)
+        try:
+            yield stats
+        finally:
+            stop.set()
+
+
+def message_ids(gateway: FakeGateway, connector: str | None = None) -> Counter[str]:
+    """How many times each message id was invoked (by ``connector``, or by any)."""
+    return Counter(
+        r.headers["x-message-id"]
+        for r in gateway.invocations()
+        if connector in (None, r.headers["x-connector"])
+    )
+
+
+def connector_env(gateway_url: str, name: str, **extra: str) -> dict[str, str]:
+    """The environment of a connector subprocess that reports as ``name`` (X-Connector)."""
+    return {"gateway_url": gateway_url, "connector_name": name, "retry_attempts": "1", **extra}

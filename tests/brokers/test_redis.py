@@ -9,17 +9,25 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
 import pytest
 
-from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import ControllerConfig, Settlement, SourceStats
 from aioconnector.testing import FakeGateway
 
-from ._process import SlowFunction, connector_process, wait_until
+from ._process import (
+    SlowFunction,
+    broker_config,
+    connector_env,
+    connector_process,
+    message_ids,
+    running_in_process,
+    wait_until,
+)
 from .conftest import require_module, require_service
 
 if TYPE_CHECKING:
@@ -132,42 +140,15 @@ async def broker(redis_url: str) -> AsyncIterator[Broker]:
 
 
 def config(url: str) -> ControllerConfig:
-    """No retries in the connector: redelivery is the broker's job here."""
-    return ControllerConfig(gateway_url=url, retry=RetryPolicy.disabled(), startup_timeout=5)
+    return broker_config(url)
 
 
-@asynccontextmanager
-async def running(
+def running(
     config: ControllerConfig, options: redis_streams.Options
-) -> AsyncIterator[list[SourceStats]]:
-    """Run the connector in-process during the block; then stop it: its stats are appended."""
-    import redis_streams
+) -> AbstractAsyncContextManager[list[SourceStats]]:
+    import redis_streams  # once its client library is known to be there
 
-    stop = anyio.Event()
-    stats: list[SourceStats] = []
-
-    async def consume() -> None:
-        stats.append(await redis_streams.run(config, options, stop=stop))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(consume)
-        try:
-            yield stats
-        finally:
-            stop.set()
-
-
-def message_ids(gateway: FakeGateway, connector: str | None = None) -> Counter[str]:
-    """How many times each message id was invoked (by ``connector``, or by any)."""
-    return Counter(
-        r.headers["x-message-id"]
-        for r in gateway.invocations()
-        if connector in (None, r.headers["x-connector"])
-    )
-
-
-def connector_env(gateway_url: str, name: str, **extra: str) -> dict[str, str]:
-    return {"gateway_url": gateway_url, "connector_name": name, "retry_attempts": "1", **extra}
+    return running_in_process(redis_streams.run, config, options)
 
 
 # -- in-process ------------------------------------------------------------------------------
