@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["Body", "HeaderBlock", "check_topic", "coerce_body", "merge_headers"]
+__all__ = [
+    "Body",
+    "HeaderBlock",
+    "base_headers",
+    "check_topic",
+    "coerce_body",
+    "merge_headers",
+]
 
 Body = bytes | bytearray | memoryview | str
 HeaderBlock = dict[str, tuple[str, str]]  # lower-cased name -> (name as given, value)

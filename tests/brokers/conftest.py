@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from aioconnector.testing import FakeGateway
 
 SERVICES = {
     "postgres": 5432,
@@ -36,3 +39,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """asyncio only: every broker client used here (nats-py, redis.asyncio, aio-pika, aiomqtt,
     asyncpg) is built on asyncio and cannot run under trio."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    """A FakeGateway served on a real loopback socket for the test's duration."""
+    gateway = FakeGateway()
+    async with gateway.serve():
+        yield gateway

@@ -39,13 +39,6 @@ def prefix() -> str:
     return f"test/{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    gateway = FakeGateway()
-    async with gateway.serve():
-        yield gateway
-
-
 @attrs.define
 class Run:
     stop: anyio.Event

@@ -45,8 +45,8 @@ SCRIPT = "nats_jetstream.py"
 
 
 @pytest.fixture
-def nats_url(anyio_backend_name: str) -> str:
-    """The local nats-server; skips on trio and when the server or nats-py is missing."""
+def nats_url() -> str:
+    """The local nats-server; skips when the server or nats-py is missing."""
     require_module("nats")
     return f"nats://127.0.0.1:{require_service('nats')}"
 

@@ -41,13 +41,6 @@ def channels() -> tuple[str, str]:
     return f"orders_{suffix}", f"payments_{suffix}"
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    gateway = FakeGateway()
-    async with gateway.serve():
-        yield gateway
-
-
 @attrs.define
 class Run:
     stop: anyio.Event

@@ -57,13 +57,6 @@ async def broker() -> AsyncIterator[Broker]:
             await channel.exchange_delete(exchange)
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
-    gateway = FakeGateway()
-    async with gateway.serve():
-        yield gateway
-
-
 def config(gateway: FakeGateway, **overrides: Any) -> ControllerConfig:
     # The broker redelivers: the controller's own retries are off unless a test wants them.
     overrides.setdefault("retry", RetryPolicy.disabled())

@@ -41,8 +41,8 @@ SCRIPT = "redis_streams.py"
 
 
 @pytest.fixture
-def redis_url(anyio_backend_name: str) -> str:
-    """The local Redis; skips on trio and when the server or redis-py is missing."""
+def redis_url() -> str:
+    """The local Redis; skips when the server or redis-py is missing."""
     require_module("redis")
     return f"redis://127.0.0.1:{require_service('redis')}/0"
 
