@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 import attrs
 
+from ._backend import loop_clock
 from ._discovery import Discovery
 from ._errors import (
     ControllerStateError,
@@ -24,13 +25,14 @@ from ._http import open_client
 from ._invoke import HttpxInvoker, Invocation, Invoker
 from ._message import base_headers, check_topic, coerce_body, merge_headers
 from ._results import InvocationResult, ResultHub, ResultStream
+from ._slots import Slots
 from ._topics import TopicMap
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Mapping, Sequence
+    from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 
     import httpx
     from anyio.abc import TaskGroup, TaskStatus
@@ -111,7 +113,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._transport = transport
         self._state = _State.NEW
         self._map = TopicMap.EMPTY
-        self._limiter = anyio.CapacityLimiter(config.max_concurrency)
+        self._slots = Slots(config.max_concurrency)
+        self._clock: Callable[[], float] = anyio.current_time  # the loop's own, once running
         self._hub = ResultHub(config.result_buffer)
         self._base_headers = base_headers(
             {
@@ -122,11 +125,12 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             }
         )
         self._session: _Session | None = None  # what exists only while running
-        # Shutdown bookkeeping: fan-outs in progress, and the scopes of running invocations.
+        # Shutdown bookkeeping: fan-outs in progress, and the scopes of retry pauses (requests
+        # in progress are stopped by the invoker's abort()).
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._cancelling = False
-        self._active: set[anyio.CancelScope] = set()
+        self._pausing: set[anyio.CancelScope] = set()
         self._counts = _Counts()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -138,6 +142,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 "an AsyncController can be entered only once; create a new one"
             )
         self._state = _State.STARTING
+        self._clock = loop_clock()
         error: BaseException | None = None
         try:
             try:
@@ -190,7 +195,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     self._busy,
                 )
                 self._cancelling = True
-                for scope in tuple(self._active):
+                if self._session is not None:
+                    self._session.invoker.abort()
+                for scope in tuple(self._pausing):
                     scope.cancel()
                 with anyio.move_on_after(_CANCEL_GRACE):
                     await idle.wait()
@@ -235,13 +242,13 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         template, functions = self._accept(topic, body, headers, context)
         if not functions:
             return 0
-        token = await self._acquire()
+        await self._slots.acquire()
         session = self._session
         if session is None or self._state is not _State.RUNNING:
-            self._release(token)
+            self._slots.release()
             raise ControllerStateError("the controller began shutting down before admission")
         self._busy += 1
-        session.task_group.start_soon(self._fan_out, template, functions, token)
+        session.task_group.start_soon(self._fan_out, template, functions, True)  # noqa: FBT003
         return len(functions)
 
     def results(self) -> ResultStream:
@@ -276,7 +283,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             invocations_succeeded=counts.succeeded,
             invocations_failed=counts.failed,
             retries=counts.retries,
-            in_flight=int(self._limiter.borrowed_tokens),
+            in_flight=self._slots.borrowed,
             topics=len(self._map.topics()),
             functions=self._map.function_count,
             refreshes=counts.refreshes,
@@ -314,23 +321,27 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         return template, functions
 
     async def _fan_out(
-        self, template: Invocation, functions: tuple[str, ...], token: object | None = None
+        self, template: Invocation, functions: tuple[str, ...], holding: bool = False
     ) -> tuple[InvocationResult, ...]:
+        """Invoke ``functions``; ``holding``: a slot for the first is already taken."""
         # Each invocation takes a slot *before* its task starts, so waiting costs no task.
         error: BaseException | None = None
+        slots = self._slots
         try:
             if len(functions) == 1:
-                first = token if token is not None else await self._acquire()
-                token = None
-                return (await self._run(first, attrs.evolve(template, function=functions[0])),)
+                if not holding:
+                    await slots.acquire()
+                holding = False
+                return (await self._run(_for_function(template, functions[0])),)
             results: list[InvocationResult | None] = [None] * len(functions)
             try:
                 async with anyio.create_task_group() as tg:
                     for index, function in enumerate(functions):
-                        held = token if token is not None else await self._acquire()
-                        token = None
-                        invocation = attrs.evolve(template, function=function)
-                        tg.start_soon(self._run_into, results, index, held, invocation)
+                        if not holding:
+                            await slots.acquire()
+                        holding = False
+                        invocation = _for_function(template, function)
+                        tg.start_soon(self._run_into, results, index, invocation)
             except BaseExceptionGroup as group:
                 error = only_exception(group)
                 if error is None:
@@ -339,54 +350,51 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 raise error
             return tuple(r for r in results if r is not None)
         finally:
-            if token is not None:
-                self._release(token)
+            if holding:
+                slots.release()
             self._busy -= 1
             if self._busy == 0 and self._idle is not None:
                 self._idle.set()
 
     async def _run_into(
-        self,
-        results: list[InvocationResult | None],
-        index: int,
-        token: object,
-        invocation: Invocation,
+        self, results: list[InvocationResult | None], index: int, invocation: Invocation
     ) -> None:
-        results[index] = await self._run(token, invocation)
+        results[index] = await self._run(invocation)
 
-    async def _run(self, token: object, invocation: Invocation) -> InvocationResult:
-        """Invoke one function with a slot already held; always releases the slot it holds."""
-        held: object | None = token
+    async def _run(self, invocation: Invocation) -> InvocationResult:
+        """Invoke one function with a slot already taken; always gives back the slot it holds."""
+        holding = True
+        clock = self._clock
         try:
             self._counts.started += 1
-            started = anyio.current_time()
+            started = clock()
             attempt = 0  # requests made so far
             while True:
                 session = self._session
                 result = None
                 if session is not None and not self._cancelling:
                     attempt += 1
-                    result = await self._attempt(session, invocation)
-                if result is None:  # shutdown cancelled it, before or during the request
-                    elapsed = anyio.current_time() - started
-                    result = _cancelled(invocation, elapsed, attempts=attempt)
+                    result = await session.invoker.invoke(invocation)
+                if result is None:  # shutdown stopped it, before or during the request
+                    result = _cancelled(invocation, clock() - started, attempts=attempt)
                     break
+                if result.ok:
+                    break  # the usual case, without asking the retry policy
                 delay = self._config.retry.delay_before_retry(
-                    result, attempt=attempt, elapsed=anyio.current_time() - started
+                    result, attempt=attempt, elapsed=clock() - started
                 )
                 if delay is None or self._cancelling:
                     break
                 # Wait without a slot, so a retrying invocation never blocks others.
                 self._counts.retries += 1
-                self._release(held)
-                held = None
+                self._slots.release()
+                holding = False
                 if not await self._pause(delay):
                     break  # shutdown: keep the last answer
-                held = await self._acquire()
+                await self._slots.acquire()
+                holding = True
             if attempt > 1 and result.attempts != attempt:
-                result = attrs.evolve(
-                    result, attempts=attempt, duration=anyio.current_time() - started
-                )
+                result = attrs.evolve(result, attempts=attempt, duration=clock() - started)
             if result.ok:
                 self._counts.succeeded += 1
             else:
@@ -394,36 +402,18 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             await self._hub.publish(result)
             return result
         finally:
-            if held is not None:
-                self._release(held)
-
-    async def _attempt(self, session: _Session, invocation: Invocation) -> InvocationResult | None:
-        """One request, in a scope shutdown can cancel; None when shutdown cancelled it."""
-        with anyio.CancelScope() as scope:
-            self._active.add(scope)
-            try:
-                return await session.invoker.invoke(invocation)
-            finally:
-                self._active.discard(scope)
-        return None
+            if holding:
+                self._slots.release()
 
     async def _pause(self, delay: float) -> bool:
         """Sleep before a retry; False when shutdown cut the sleep short."""
         with anyio.CancelScope() as scope:
-            self._active.add(scope)
+            self._pausing.add(scope)
             try:
                 await anyio.sleep(delay)
             finally:
-                self._active.discard(scope)
+                self._pausing.discard(scope)
         return not scope.cancelled_caught
-
-    async def _acquire(self) -> object:
-        token = object()
-        await self._limiter.acquire_on_behalf_of(token)
-        return token
-
-    def _release(self, token: object) -> None:
-        self._limiter.release_on_behalf_of(token)
 
     def _install(self, topic_map: TopicMap) -> None:
         self._map = topic_map  # one assignment: an invocation sees the old map or the new one
@@ -494,6 +484,17 @@ class _Refresher:
                     delay, retry = retry, min(retry * 2, interval)  # sooner than usual, backing off
                 else:
                     delay, retry = interval, min(_REFRESH_RETRY_FIRST, interval)
+
+
+def _for_function(template: Invocation, function: str) -> Invocation:
+    """The message's invocation of one function (``attrs.evolve`` costs ten times more)."""
+    return Invocation(
+        topic=template.topic,
+        function=function,
+        body=template.body,
+        headers=template.headers,
+        context=template.context,
+    )
 
 
 def _cancelled(invocation: Invocation, duration: float, *, attempts: int) -> InvocationResult:

@@ -45,7 +45,15 @@ class Invocation:
 class Invoker(Protocol):
     """Sends one invocation. Per-call failures come back as results; cancellation propagates."""
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult: ...
+    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
+        """The invocation's result; ``None`` when `abort` stopped it."""
+
+    def abort(self) -> None:
+        """Stop every invocation in progress (they return ``None``), and every later one.
+
+        The controller's shutdown calls it after ``drain_timeout``: one call instead of a
+        cancel scope around every request.
+        """
 
     async def aclose(self) -> None:
         """Release what the invoker holds (connections); called once, at controller exit."""
@@ -68,6 +76,13 @@ class HttpxInvoker:
             if creds is not None and config.auth_invocations
             else None
         )
+        self._scopes: set[anyio.CancelScope] = set()
+        self._aborted = False
+
+    def abort(self) -> None:
+        self._aborted = True
+        for scope in tuple(self._scopes):
+            scope.cancel()
 
     async def aclose(self) -> None:
         """Nothing to do: the controller closes the shared client."""
@@ -76,7 +91,7 @@ class HttpxInvoker:
         # safe="" quotes "/" too: an address can never leave /function/.
         return self._prefix + quote(function, safe="")
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult:
+    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
         started = anyio.current_time()
         status: int | None = None
         headers: dict[str, str] = {}
@@ -84,6 +99,9 @@ class HttpxInvoker:
         error: InvocationError | None = None
         # One deadline for the whole exchange (httpx's timeouts are per read, not per call).
         with anyio.move_on_after(self._timeout) as deadline:
+            self._scopes.add(deadline)
+            if self._aborted:
+                deadline.cancel()  # abort() came first: send nothing
             try:
                 request = self._client.build_request(
                     "POST",
@@ -114,6 +132,10 @@ class HttpxInvoker:
             except ResponseTooLargeError as exc:
                 error = exc
                 body = b""
+            finally:
+                self._scopes.discard(deadline)
+        if self._aborted and deadline.cancelled_caught:
+            return None
         return finish(
             invocation,
             started=started,
@@ -123,6 +145,7 @@ class HttpxInvoker:
             error=error,
             timed_out=deadline.cancelled_caught,
             timeout=self._timeout,
+            now=anyio.current_time(),
         )
 
 
@@ -136,9 +159,11 @@ def finish(
     error: InvocationError | None,
     timed_out: bool,
     timeout: float | None,
+    now: float,
 ) -> InvocationResult:
     """The result of one exchange, the same for every invoker: a deadline that passed is an
-    `UpstreamTimeoutError`, a non-2xx answer an `UpstreamStatusError`."""
+    `UpstreamTimeoutError`, a non-2xx answer an `UpstreamStatusError`. ``now`` is the time the
+    exchange ended (on the clock ``started`` came from)."""
     if timed_out:
         error = UpstreamTimeoutError(
             f"{invocation.function}: no complete answer within upstream_timeout={timeout}s"
@@ -151,7 +176,7 @@ def finish(
         status=status,
         body=body,
         headers=headers,
-        duration=anyio.current_time() - started,
+        duration=now - started,
         error=error,
         call_id=headers.get("x-call-id"),
         context=invocation.context,

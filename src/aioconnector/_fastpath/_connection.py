@@ -1,4 +1,8 @@
-"""One pooled connection: reading responses off an anyio byte stream with `_parse`'s parser."""
+"""One pooled connection: reading responses off a byte stream with `_parse`'s parser.
+
+The stream is an `AsyncioWire` on asyncio, an anyio byte stream elsewhere: both ``receive`` and
+``send`` alike and raise anyio's exceptions.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from ._parse import (
 if TYPE_CHECKING:
     from anyio.abc import ByteStream
 
+    from ._wire import AsyncioWire
+
 __all__ = ["Connection"]
 
 _READ_SIZE: Final = 65536
@@ -31,26 +37,22 @@ class Connection:
     """A stream, the bytes received but not consumed yet, and since when it is idle.
 
     Per response: `response_head`, then `response_body`; then `reusable` says whether the
-    stream is in step for another request. After a failure, `received` says whether any byte
-    of the response had arrived.
+    stream is in step for another request.
     """
 
-    __slots__ = ("_informed", "buffer", "idle_since", "stream")
+    __slots__ = ("buffer", "idle_since", "stream")
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream | AsyncioWire) -> None:
         self.stream = stream
         self.buffer = b""
         self.idle_since = 0.0
-        self._informed = False  # a 1xx response came before the final one
 
     async def response_head(self) -> Head:
         """The head of the final response, 1xx informational responses skipped."""
-        self._informed = False
         parsed = parse_head(await self.head())
         while parsed[0] < 200:
             if parsed[0] == 101:
                 raise MalformedResponseError("unexpected 101 Switching Protocols")
-            self._informed = True
             parsed = parse_head(await self.head())
         return parsed
 
@@ -68,9 +70,6 @@ class Connection:
 
     def reusable(self) -> bool:
         return not self.buffer  # bytes beyond the response: the stream is out of step
-
-    def received(self) -> bool:
-        return self._informed or bool(self.buffer)
 
     async def head(self) -> bytes:
         """The next response head, through the newline of its last line."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import math
+import socket
 from collections import deque
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Final, final
@@ -10,7 +12,9 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+from anyio.abc import SocketAttribute
 
+from .._backend import loop_clock, running_asyncio
 from .._errors import (
     InvocationError,
     ResponseTooLargeError,
@@ -20,9 +24,11 @@ from .._http import _tls_context
 from .._invoke import finish
 from ._connection import Connection
 from ._parse import Head, MalformedResponseError
+from ._wire import AsyncioWire, WireAbortedError, WireTimeoutError, open_asyncio_wire
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable
 
     from anyio.abc import ByteStream
 
@@ -36,6 +42,8 @@ _HEAD_CACHE: Final = 1024  # cached request heads (function x header set); FIFO 
 _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dropped, as httpx
 # What an exchange raises when the connection breaks (ssl.SSLError is an OSError).
 _LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
+_PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_NO_SCOPE: Final = nullcontext()
 
 
 class _ConnectError(Exception):
@@ -48,7 +56,8 @@ class FastInvoker:
 
     Gives the same results as `HttpxInvoker` for the same gateway behaviour. Opens at most
     ``max_concurrency`` connections; a call finding them all busy waits for one (the controller
-    never lets that happen). Close it with :meth:`aclose`.
+    never lets that happen). On asyncio its connections are `AsyncioWire` protocols; elsewhere
+    anyio streams. Close it with :meth:`aclose`.
     """
 
     def __init__(self, config: ControllerConfig) -> None:
@@ -72,36 +81,55 @@ class FastInvoker:
         self._limit = config.max_concurrency
         self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         self._idle: list[Connection] = []  # LIFO: the warmest connection first
+        self._busy: set[Connection] = set()  # in an exchange
         self._open = 0  # idle, busy and being opened
         self._waiters: deque[anyio.Event] = deque()
+        self._scopes: set[anyio.CancelScope] = set()  # what abort() cancels besides wires
         self._closed = False
+        self._aborted = False
+        # Bound at the first call, inside the event loop: its clock, and whether it is asyncio.
+        self._clock: Callable[[], float] | None = None
+        self._native = False
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult:
-        started = anyio.current_time()
+    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
+        """The result of one exchange; ``None`` when `abort` stopped it."""
+        clock = self._clock or self._bind()
+        started = clock()
         if self._closed:
             raise RuntimeError("this FastInvoker is closed")
+        if self._aborted:
+            return None
         key = (invocation.function, invocation.headers)
         head = self._heads.get(key) or self._prepare(key)
         content = invocation.body
         request = b"%b%d\r\n\r\n%b" % (head, len(content), content)
+        # One deadline for the whole exchange, connecting included, as HttpxInvoker. On
+        # asyncio the wire enforces it (a loop timer per wait); elsewhere a cancel scope does.
+        timeout = self._timeout
+        deadline = math.inf if timeout is None else started + timeout
         status: int | None = None
         headers: dict[str, str] = {}
         body = b""
         error: InvocationError | None = None
-        # One deadline for the whole exchange, connecting included, as HttpxInvoker.
-        timeout = self._timeout
-        deadline = None if timeout is None else anyio.CancelScope(deadline=started + timeout)
-        with deadline or nullcontext():
+        timed_out = aborted = False
+        scope = None if self._native else anyio.CancelScope(deadline=deadline)
+        with scope or _NO_SCOPE:
+            if scope is not None:
+                self._scopes.add(scope)
             connection: Connection | None = None
             try:
                 connection, (status, headers, framing, keep_alive) = await self._send(
-                    request, started
+                    request, deadline
                 )
                 self._check_declared(headers)
                 body = await connection.response_body(framing, self._max_bytes)
                 if keep_alive and connection.reusable() and not self._closed:
                     self._release(connection, started)
                     connection = None
+            except WireTimeoutError:
+                timed_out = True
+            except WireAbortedError:
+                aborted = True
             except _ConnectError as exc:
                 error = UpstreamConnectionError(f"{invocation.function}: {exc}", request_sent=False)
             except (*_LOST, MalformedResponseError) as exc:
@@ -111,8 +139,14 @@ class FastInvoker:
             except ResponseTooLargeError as exc:
                 error = exc
             finally:
+                if scope is not None:
+                    self._scopes.discard(scope)
                 if connection is not None:  # never reused after an error or a cancellation
                     await self._drop(connection)
+        if scope is not None and scope.cancelled_caught:
+            aborted, timed_out = self._aborted, not self._aborted
+        if aborted:
+            return None
         return finish(
             invocation,
             started=started,
@@ -120,9 +154,25 @@ class FastInvoker:
             body=body,
             headers=headers,
             error=error,
-            timed_out=deadline is not None and deadline.cancelled_caught,
+            timed_out=timed_out,
             timeout=self._timeout,
+            now=clock(),
         )
+
+    def _bind(self) -> Callable[[], float]:
+        self._native = running_asyncio()
+        clock = self._clock = loop_clock()
+        return clock
+
+    def abort(self) -> None:
+        """Stop every exchange in progress, and refuse later ones: they return ``None``."""
+        self._aborted = True
+        for connection in tuple(self._busy):
+            stream = connection.stream
+            if isinstance(stream, AsyncioWire):
+                stream.abort()
+        for scope in tuple(self._scopes):
+            scope.cancel()
 
     async def aclose(self) -> None:
         """Close every pooled connection; connections in use close when their call ends."""
@@ -148,28 +198,19 @@ class FastInvoker:
         self._heads[key] = head
         return head
 
-    async def _send(self, request: bytes, now: float) -> tuple[Connection, Head]:
-        """Send the request; the connection, and the head of the response read from it."""
-        idle = self._idle
-        if idle and now - idle[-1].idle_since < _KEEPALIVE_EXPIRY:
-            connection, reused = idle.pop(), True
-        else:
-            connection, reused = await self._acquire(now)
+    async def _send(self, request: bytes, deadline: float) -> tuple[Connection, Head]:
+        """Send the request; the connection, and the head of the response read from it.
+
+        A request is sent only on a connection that looks intact (a pooled one the server
+        closed while idle is dropped unused), and never twice: a request sent on a connection
+        that then breaks may have been processed, so it is an error, as in Go's net/http.
+        """
+        connection = await self._checkout(deadline)
         try:
-            await connection.stream.send(request)
-            return connection, await connection.response_head()
-        except _LOST:
-            await self._drop(connection)
-            if not reused or connection.received():
-                raise
-        except BaseException:
-            await self._drop(connection)
-            raise
-        # A pooled connection the server had closed meanwhile (the send failed, or EOF came
-        # before any byte of an answer): the request was not processed; send it once more.
-        connection = await self._connect()
-        try:
-            await connection.stream.send(request)
+            stream = connection.stream
+            if isinstance(stream, AsyncioWire):
+                stream.deadline = deadline
+            await stream.send(request)
             return connection, await connection.response_head()
         except BaseException:
             await self._drop(connection)
@@ -183,40 +224,48 @@ class FastInvoker:
                 f"response of {declared} bytes exceeds {self._max_bytes} bytes"
             )
 
-    def _release(self, connection: Connection, started: float) -> None:
-        """Pool a connection after a complete response."""
-        # Idle time counts from the start of its last call: it expires early, never late.
-        connection.idle_since = started
-        self._idle.append(connection)
-        if self._waiters:
-            self._wake()
-
-    async def _acquire(self, now: float) -> tuple[Connection, bool]:
-        """A pooled connection (True) or a new one (False)."""
+    async def _checkout(self, deadline: float) -> Connection:
+        """An intact pooled connection, else a new one; waits while all are busy."""
+        clock = self._clock or self._bind()
         while True:
+            now = clock()
             while self._idle:
                 connection = self._idle.pop()
-                if now - connection.idle_since < _KEEPALIVE_EXPIRY:
-                    return connection, True
-                await self._drop(connection)
+                if now - connection.idle_since < _KEEPALIVE_EXPIRY and _intact(connection):
+                    self._busy.add(connection)
+                    return connection
+                self._open -= 1  # expired, or closed by the server while idle
+                await _close(connection)
             if self._open < self._limit:
-                return await self._connect(), False
-            event = anyio.Event()
-            self._waiters.append(event)
-            try:
-                await event.wait()
-            except BaseException:
-                if event.is_set():
-                    self._wake()  # pass the turn on
-                else:
-                    self._waiters.remove(event)
-                raise
+                return await self._connect(deadline)
+            await self._wait_for_connection(deadline)
 
-    async def _connect(self) -> Connection:
+    async def _wait_for_connection(self, deadline: float) -> None:
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            with anyio.move_on_at(deadline) as scope:  # on asyncio, nothing else bounds it
+                await event.wait()
+        except BaseException:
+            if event.is_set():
+                self._wake()  # pass the turn on
+            else:
+                self._waiters.remove(event)
+            raise
+        if scope.cancelled_caught:
+            if event.is_set():
+                self._wake()
+            else:
+                self._waiters.remove(event)
+            raise WireTimeoutError
+
+    async def _connect(self, deadline: float) -> Connection:
         self._open += 1
         try:
-            if self._tls is None:
-                stream: ByteStream = await anyio.connect_tcp(self._host, self._port)
+            if self._native:
+                stream: ByteStream | AsyncioWire = await self._connect_asyncio(deadline)
+            elif self._tls is None:
+                stream = await anyio.connect_tcp(self._host, self._port)
             else:
                 stream = await anyio.connect_tcp(
                     self._host,
@@ -233,17 +282,67 @@ class FastInvoker:
             if isinstance(exc, _LOST):
                 raise _ConnectError(_describe(exc)) from exc
             raise
-        return Connection(stream)
+        connection = Connection(stream)
+        self._busy.add(connection)
+        return connection
+
+    async def _connect_asyncio(self, deadline: float) -> AsyncioWire:
+        # Connects are rare: a cancel scope (for the deadline and for abort) is affordable here.
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._scopes.add(scope)
+            try:
+                return await open_asyncio_wire(self._host, self._port, self._tls)
+            finally:
+                self._scopes.discard(scope)
+        raise WireAbortedError if self._aborted else WireTimeoutError
+
+    def _release(self, connection: Connection, started: float) -> None:
+        """Pool a connection after a complete response."""
+        self._busy.discard(connection)
+        # Idle time counts from the start of its last call: it expires early, never late.
+        connection.idle_since = started
+        self._idle.append(connection)
+        if self._waiters:
+            self._wake()
 
     async def _drop(self, connection: Connection) -> None:
         """Close a connection that is not in the pool (also when cancelled)."""
+        self._busy.discard(connection)
         self._open -= 1
         if self._waiters:
             self._wake()
-        await anyio.aclose_forcefully(connection.stream)
+        await _close(connection)
 
     def _wake(self) -> None:
         self._waiters.popleft().set()
+
+
+def _intact(connection: Connection) -> bool:
+    """Whether a pooled connection can carry a request: nothing arrived while it was idle.
+
+    An asyncio wire knows; for an anyio stream, a peek at the socket tells (as httpcore does).
+    """
+    stream = connection.stream
+    if isinstance(stream, AsyncioWire):
+        return stream.intact()
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    if sock is None:  # pragma: no cover - anyio's TCP streams always have one
+        return True
+    try:
+        sock.recv(1, _PEEK)  # b"": EOF; a byte: out of step. Either way, unusable
+    except BlockingIOError:
+        return True  # nothing to read: intact
+    except OSError:
+        pass
+    return False
+
+
+async def _close(connection: Connection) -> None:
+    stream = connection.stream
+    if isinstance(stream, AsyncioWire):
+        stream.close()
+    else:
+        await anyio.aclose_forcefully(stream)
 
 
 def _describe(exc: BaseException) -> str:
