@@ -48,6 +48,13 @@ def invocation(function: str = "echo", body: bytes = b"hello", **changes: Any) -
     return Invocation(topic="t", function=function, body=body, headers=HEADERS, **changes)
 
 
+async def result_of(invoker: FastInvoker | HttpxInvoker, call: Invocation) -> InvocationResult:
+    """``invoker.invoke(call)``, which is ``None`` only after ``abort()`` (see test_abort.py)."""
+    result = await invoker.invoke(call)
+    assert result is not None
+    return result
+
+
 @asynccontextmanager
 async def fast(url: str, **config: Any) -> AsyncIterator[FastInvoker]:
     invoker = FastInvoker(ControllerConfig(gateway_url=url, **config))
@@ -174,9 +181,9 @@ async def both(url: str, call: Invocation | None = None, **config: Any) -> list[
     settings = ControllerConfig(gateway_url=url, **config)
     call = call or invocation()
     async with open_client(settings, None) as client:
-        slow = await HttpxInvoker(client, settings).invoke(call)
+        slow = await result_of(HttpxInvoker(client, settings), call)
     async with fast(url, **config) as invoker:
-        quick = await invoker.invoke(call)
+        quick = await result_of(invoker, call)
     return [slow, quick]
 
 
@@ -293,7 +300,7 @@ async def test_ok_result() -> None:
     context = object()
     async with gateway.serve() as url, fast(url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation("echo.openfaas-fn", context=context))
+            result = await result_of(invoker, invocation("echo.openfaas-fn", context=context))
     assert result.ok
     assert (result.status, result.body, result.error) == (200, b"hello", None)
     assert (result.topic, result.function, result.context) == ("t", "echo.openfaas-fn", context)
@@ -308,8 +315,8 @@ async def test_request_on_the_wire() -> None:
     gateway.add_function("echo")
     async with gateway.serve() as url, fast(url) as invoker:
         with anyio.fail_after(WAIT):
-            await invoker.invoke(invocation(body=b"x" * 1000))
-            await invoker.invoke(invocation(body=b""))
+            await result_of(invoker, invocation(body=b"x" * 1000))
+            await result_of(invoker, invocation(body=b""))
     first, empty = gateway.invocations("echo")
     assert (first.method, first.path, first.body) == ("POST", "/function/echo", b"x" * 1000)
     assert list(first.headers.items()) == [
@@ -325,8 +332,8 @@ async def test_status_error_keeps_the_body() -> None:
     gateway.add_function("echo", handler=FakeResponse(status=500, body="it broke"))
     async with gateway.serve() as url, fast(url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
-            unknown = await invoker.invoke(invocation("nobody"))
+            result = await result_of(invoker, invocation())
+            unknown = await result_of(invoker, invocation("nobody"))
     assert isinstance(result.error, UpstreamStatusError)
     assert (result.error.status, result.status, result.body) == (500, 500, b"it broke")
     assert not result.ok
@@ -340,7 +347,7 @@ async def test_latency_past_the_timeout() -> None:
     gateway.set_fault("echo", latency=5)
     async with gateway.serve() as url, fast(url, upstream_timeout=0.2) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamTimeoutError)
     assert (result.status, result.body) == (None, b"")
     assert 0.2 <= result.duration < 2
@@ -352,7 +359,7 @@ async def test_dropped_connection() -> None:
     gateway.set_fault("echo", drop_connection=True)
     async with gateway.serve() as url, fast(url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert result.status is None
@@ -364,8 +371,8 @@ async def test_base_path_and_quoted_address() -> None:
     gateway.add_function("echo")
     async with gateway.serve() as url, fast(url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
-            await invoker.invoke(invocation("a/b c?d#é"))
+            result = await result_of(invoker, invocation())
+            await result_of(invoker, invocation("a/b c?d#é"))
     assert result.ok
     ok, odd = gateway.requests
     assert ok.path == "/gw/function/echo"
@@ -381,7 +388,7 @@ async def test_async_route() -> None:
     gateway.add_function("echo")
     async with gateway.serve() as url, fast(url, async_invocation=True) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
             await gateway.wait_idle()
     assert (result.status, result.ok) == (202, True)
     assert result.call_id
@@ -399,11 +406,11 @@ async def test_credentials_only_when_auth_invocations() -> None:
     )
     async with gateway.serve() as url:
         async with fast(url, credentials=creds) as invoker:
-            await invoker.invoke(invocation())
-            await invoker.invoke(theirs)
+            await result_of(invoker, invocation())
+            await result_of(invoker, theirs)
         async with fast(url, credentials=creds, auth_invocations=True) as invoker:
-            await invoker.invoke(invocation())
-            await invoker.invoke(theirs)
+            await result_of(invoker, invocation())
+            await result_of(invoker, theirs)
     plain, kept, protected, replaced = gateway.invocations()
     token = "Basic " + base64.b64encode("admin:pä:ss".encode()).decode()
     assert token == httpx.BasicAuth("admin", "pä:ss")._auth_header
@@ -420,12 +427,12 @@ async def test_keep_alive_reuses_few_connections() -> None:
     ):
         with anyio.fail_after(WAIT):
             for _ in range(20):
-                assert (await invoker.invoke(invocation())).ok
+                assert (await result_of(invoker, invocation())).ok
             assert server.connections == 1
 
             async def worker() -> None:
                 for _ in range(10):
-                    assert (await invoker.invoke(invocation())).ok
+                    assert (await result_of(invoker, invocation())).ok
 
             async with anyio.create_task_group() as tg:
                 for _ in range(4):
@@ -443,7 +450,7 @@ async def test_never_more_connections_than_max_concurrency() -> None:
         results: list[InvocationResult] = []
 
         async def one() -> None:
-            results.append(await invoker.invoke(invocation()))
+            results.append(await result_of(invoker, invocation()))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
@@ -463,7 +470,7 @@ async def test_a_closed_connection_wakes_a_waiting_call() -> None:
         results: list[InvocationResult] = []
 
         async def one() -> None:
-            results.append(await invoker.invoke(invocation()))
+            results.append(await result_of(invoker, invocation()))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
@@ -487,7 +494,7 @@ async def test_waiting_for_a_connection_can_be_cancelled() -> None:
                 tg.start_soon(invoker.invoke, invocation())
                 await started.wait()
                 with anyio.move_on_after(0.05) as waiting:
-                    await invoker.invoke(invocation())  # waits for the only connection
+                    await result_of(invoker, invocation())  # waits for the only connection
                 assert waiting.cancelled_caught
                 tg.cancel_scope.cancel()
     assert server.connections == 1
@@ -503,8 +510,8 @@ async def test_chunked_response_then_reuse() -> None:
     )
     async with raw_server(keep_answering(chunked)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            first = await invoker.invoke(invocation())
-            second = await invoker.invoke(invocation())
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
     assert first.ok
     assert (first.body, first.call_id) == (b"one two three", "c1")
     assert first.headers["transfer-encoding"] == "chunked"
@@ -527,8 +534,8 @@ async def test_chunked_response_then_reuse() -> None:
 async def test_response_that_ends_the_connection(response: bytes) -> None:
     async with raw_server(answering(response, close=True)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            first = await invoker.invoke(invocation())
-            second = await invoker.invoke(invocation())
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
     assert (first.ok, first.body) == (True, b"until the end")
     assert second.body == first.body
     assert server.connections == 2
@@ -541,10 +548,10 @@ async def test_idle_connection_closed_by_the_server_is_retried_once() -> None:
         fast(server.url) as invoker,
     ):
         with anyio.fail_after(WAIT):
-            assert (await invoker.invoke(invocation())).ok
+            assert (await result_of(invoker, invocation())).ok
             await wait_until(lambda: server.closed == 1)  # closed while idle in the pool
             await anyio.sleep(0.05)  # the client's loop takes in the FIN on its next turn
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert result.ok
     assert result.attempts == 1
     assert server.connections == 2
@@ -565,8 +572,8 @@ async def test_request_dropped_after_reaching_the_server_is_not_sent_again() -> 
 
     async with raw_server(once_then_drop) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            assert (await invoker.invoke(invocation())).ok
-            result = await invoker.invoke(invocation())
+            assert (await result_of(invoker, invocation())).ok
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert server.connections == 1  # no second connection: nothing was sent twice
@@ -582,8 +589,8 @@ async def test_no_retry_once_a_byte_of_the_answer_arrived() -> None:
 
     async with raw_server(half) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            assert (await invoker.invoke(invocation())).ok
-            result = await invoker.invoke(invocation())
+            assert (await result_of(invoker, invocation())).ok
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert server.connections == 1
@@ -596,7 +603,7 @@ async def test_dropped_mid_body() -> None:
         fast(server.url) as invoker,
     ):
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert (result.status, result.body, result.call_id) == (200, b"", "m")
@@ -619,8 +626,8 @@ async def test_response_too_large_discards_the_connection(response: bytes) -> No
         fast(server.url, max_response_bytes=10) as invoker,
     ):
         with anyio.fail_after(WAIT):
-            first = await invoker.invoke(invocation())
-            second = await invoker.invoke(invocation())
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
     assert isinstance(first.error, ResponseTooLargeError)
     assert (first.status, first.body) == (200, b"")
     assert isinstance(second.error, ResponseTooLargeError)
@@ -633,7 +640,7 @@ async def test_garbage_response() -> None:
         fast(server.url) as invoker,
     ):
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert result.status is None
@@ -643,7 +650,7 @@ async def test_head_too_large_is_malformed() -> None:
     huge = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 200_000 + b"\r\n\r\n"
     async with raw_server(keep_answering(huge)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
 
 
@@ -651,7 +658,7 @@ async def test_unexpected_switching_protocols() -> None:
     switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"
     async with raw_server(keep_answering(switch)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.status is None
 
@@ -660,8 +667,8 @@ async def test_informational_responses_are_skipped() -> None:
     response = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK
     async with raw_server(keep_answering(response)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            first = await invoker.invoke(invocation())
-            second = await invoker.invoke(invocation())
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
     assert (first.status, first.body, first.call_id) == (200, b"ok", "abc")
     assert "link" not in first.headers
     assert second.ok
@@ -693,8 +700,8 @@ async def test_bytes_received_one_at_a_time(name: str) -> None:
 
     async with raw_server(dribble) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            first = await invoker.invoke(invocation())
-            second = await invoker.invoke(invocation())
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
     assert (first.body, first.call_id) == (b"hello world", "slow")
     assert second.body == b"hello world"
     assert server.connections == (1 if keep_alive else 2)
@@ -712,7 +719,7 @@ async def test_bytes_received_one_at_a_time(name: str) -> None:
 async def test_malformed_chunked_body(response: bytes) -> None:
     async with raw_server(keep_answering(response)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert result.error.request_sent
     assert result.status == 200
@@ -742,7 +749,7 @@ async def test_cancelled_mid_request_discards_the_connection() -> None:
                     await arrived.wait()
                     scope.cancel()
             await eof_seen.wait()  # the client closed the cancelled connection
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert result.ok
     assert server.connections == 2
     gc.collect()  # an unclosed stream would warn (and filterwarnings=error fail the test)
@@ -761,8 +768,8 @@ async def test_timeout_mid_body_discards_the_connection() -> None:
         fast(server.url, upstream_timeout=0.2) as invoker,
     ):
         with anyio.fail_after(WAIT):
-            late = await invoker.invoke(invocation())
-            again = await invoker.invoke(invocation())
+            late = await result_of(invoker, invocation())
+            again = await result_of(invoker, invocation())
     assert isinstance(late.error, UpstreamTimeoutError)
     assert (late.status, late.body) == (200, b"")
     assert again.ok
@@ -773,13 +780,13 @@ async def test_aclose_closes_idle_connections() -> None:
     async with raw_server(keep_answering(OK)) as server:
         invoker = FastInvoker(ControllerConfig(gateway_url=server.url))
         with anyio.fail_after(WAIT):
-            assert (await invoker.invoke(invocation())).ok
+            assert (await result_of(invoker, invocation())).ok
             assert server.closed == 0
             await invoker.aclose()
             await wait_until(lambda: server.closed == 1)  # the server saw EOF
             await invoker.aclose()  # idempotent
         with pytest.raises(RuntimeError, match="closed"):
-            await invoker.invoke(invocation())
+            await result_of(invoker, invocation())
 
 
 async def test_connection_in_use_during_aclose_is_closed_after_its_call() -> None:
@@ -798,7 +805,7 @@ async def test_connection_in_use_during_aclose_is_closed_after_its_call() -> Non
         results: list[InvocationResult] = []
 
         async def call() -> None:
-            results.append(await invoker.invoke(invocation()))
+            results.append(await result_of(invoker, invocation()))
 
         with anyio.fail_after(WAIT):
             async with anyio.create_task_group() as tg:
@@ -814,8 +821,8 @@ async def test_keep_alive_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(invoker_module, "_KEEPALIVE_EXPIRY", 0.0)
     async with raw_server(keep_answering(OK)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            assert (await invoker.invoke(invocation())).ok
-            assert (await invoker.invoke(invocation())).ok
+            assert (await result_of(invoker, invocation())).ok
+            assert (await result_of(invoker, invocation())).ok
             await wait_until(lambda: server.closed == 1)  # the expired one was closed
     assert server.connections == 2
 
@@ -826,7 +833,7 @@ async def test_connection_refused() -> None:
     await listener.aclose()  # nobody listens there now
     async with fast(f"http://127.0.0.1:{port}") as invoker:
         with anyio.fail_after(WAIT):
-            result = await invoker.invoke(invocation())
+            result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert not result.error.request_sent
     assert result.status is None
@@ -842,7 +849,7 @@ async def test_tls_handshake_failure_is_not_sent() -> None:
         url = server.url.replace("http://", "https://")
         async with fast(url) as invoker:
             with anyio.fail_after(WAIT):
-                result = await invoker.invoke(invocation())
+                result = await result_of(invoker, invocation())
     assert isinstance(result.error, UpstreamConnectionError)
     assert not result.error.request_sent
 

@@ -27,6 +27,7 @@ from ._message import base_headers, check_topic, coerce_body, merge_headers
 from ._results import InvocationResult, ResultHub, ResultStream
 from ._slots import Slots
 from ._topics import TopicMap
+from ._workers import WorkerPool
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 
     import httpx
-    from anyio.abc import TaskGroup, TaskStatus
+    from anyio.abc import TaskStatus
     from typing_extensions import Self
 
     from ._config import ControllerConfig
@@ -48,6 +49,7 @@ logger = logging.getLogger("aioconnector")
 # After drain_timeout, cancelled invocations get this long to hand their results to subscribers.
 _CANCEL_GRACE = 5.0
 _REFRESH_RETRY_FIRST = 1.0
+_TOPIC_HEADERS_CACHE = 1024  # topics whose merged headers are kept (all dropped when full)
 
 
 class _State(enum.Enum):
@@ -131,6 +133,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._idle: anyio.Event | None = None
         self._cancelling = False
         self._pausing: set[anyio.CancelScope] = set()
+        self._topic_headers: dict[str, tuple[tuple[str, str], ...]] = {}
         self._counts = _Counts()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -154,7 +157,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     self._install(await discovery.fetch_at_startup())
                     refresher = _Refresher(self, discovery)
                     invoker = self._invoker_for(client)
-                    self._session = _Session(invoker=invoker, refresher=refresher, task_group=tg)
+                    workers = WorkerPool(tg, self._run_submitted, self._config.max_concurrency)
+                    self._session = _Session(invoker=invoker, refresher=refresher, workers=workers)
                     refresh_scope = await tg.start(refresher.run_forever)
                     self._state = _State.RUNNING
                     try:
@@ -202,6 +206,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 with anyio.move_on_after(_CANCEL_GRACE):
                     await idle.wait()
             refresh_scope.cancel()
+            if self._session is not None:
+                self._session.workers.close()
             self._hub.close()  # wakes publishers blocked on a subscriber that stopped reading
 
     # -- the public API ----------------------------------------------------------------------
@@ -220,11 +226,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         are also published to every results stream. Failures are results, not exceptions.
         Cancelling the call cancels its requests.
         """
-        template, functions = self._accept(topic, body, headers, context)
+        first, functions = self._accept(topic, body, headers, context)
         if not functions:
             return ()
         self._busy += 1
-        return await self._fan_out(template, functions)
+        return await self._fan_out(first, functions)
 
     async def submit(
         self,
@@ -236,10 +242,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     ) -> int:
         """Admit a message and return as soon as capacity is free for its first invocation.
 
-        The invocations run in the controller's task group; their results go to the results
-        streams. Returns how many functions matched (0: nothing will be invoked).
+        The invocations run on the controller's worker tasks (started as needed, at most
+        ``max_concurrency``, kept until exit); their results go to the results streams.
+        Returns how many functions matched (0: nothing will be invoked).
         """
-        template, functions = self._accept(topic, body, headers, context)
+        first, functions = self._accept(topic, body, headers, context)
         if not functions:
             return 0
         await self._slots.acquire()
@@ -248,7 +255,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             self._slots.release()
             raise ControllerStateError("the controller began shutting down before admission")
         self._busy += 1
-        session.task_group.start_soon(self._fan_out, template, functions, True)  # noqa: FBT003
+        session.workers.put((first, functions))
         return len(functions)
 
     def results(self) -> ResultStream:
@@ -302,9 +309,16 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     def _accept(
         self, topic: str, body: Body, headers: Mapping[str, str] | None, context: object
     ) -> tuple[Invocation, tuple[str, ...]]:
-        topic = check_topic(topic)
+        # A topic seen before without extra headers: checked then, its headers merged then.
+        merged = self._topic_headers.get(topic) if headers is None and type(topic) is str else None
+        if merged is None:
+            topic = check_topic(topic)
+            merged = merge_headers(self._base_headers, topic, headers)
+            if headers is None:
+                if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
+                    self._topic_headers.clear()
+                self._topic_headers[topic] = merged
         payload = coerce_body(body)
-        merged = merge_headers(self._base_headers, topic, headers)
         if self._state is not _State.RUNNING:
             raise ControllerStateError(
                 "the controller is not running: use it inside `async with AsyncController(...)`"
@@ -315,13 +329,18 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._counts.messages += 1
         if not functions:
             self._counts.unmatched += 1
-        template = Invocation(
-            topic=topic, function="", body=payload, headers=merged, context=context
+        # The invocation of the first function; `_for_function` makes the others from it.
+        first = Invocation(
+            topic=topic,
+            function=functions[0] if functions else "",
+            body=payload,
+            headers=merged,
+            context=context,
         )
-        return template, functions
+        return first, functions
 
     async def _fan_out(
-        self, template: Invocation, functions: tuple[str, ...], holding: bool = False
+        self, first: Invocation, functions: tuple[str, ...], holding: bool = False
     ) -> tuple[InvocationResult, ...]:
         """Invoke ``functions``; ``holding``: a slot for the first is already taken."""
         # Each invocation takes a slot *before* its task starts, so waiting costs no task.
@@ -332,7 +351,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 if not holding:
                     await slots.acquire()
                 holding = False
-                return (await self._run(_for_function(template, functions[0])),)
+                return (await self._run(first),)
             results: list[InvocationResult | None] = [None] * len(functions)
             try:
                 async with anyio.create_task_group() as tg:
@@ -340,7 +359,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                         if not holding:
                             await slots.acquire()
                         holding = False
-                        invocation = _for_function(template, function)
+                        invocation = first if index == 0 else _for_function(first, function)
                         tg.start_soon(self._run_into, results, index, invocation)
             except BaseExceptionGroup as group:
                 error = only_exception(group)
@@ -355,6 +374,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             self._busy -= 1
             if self._busy == 0 and self._idle is not None:
                 self._idle.set()
+
+    async def _run_submitted(self, job: tuple[Invocation, tuple[str, ...]]) -> None:
+        await self._fan_out(*job, holding=True)
 
     async def _run_into(
         self, results: list[InvocationResult | None], index: int, invocation: Invocation
@@ -427,7 +449,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
 class _Session:
     invoker: Invoker
     refresher: _Refresher
-    task_group: TaskGroup
+    workers: WorkerPool[tuple[Invocation, tuple[str, ...]]]
 
 
 @attrs.define
@@ -486,14 +508,14 @@ class _Refresher:
                     delay, retry = interval, min(_REFRESH_RETRY_FIRST, interval)
 
 
-def _for_function(template: Invocation, function: str) -> Invocation:
+def _for_function(first: Invocation, function: str) -> Invocation:
     """The message's invocation of one function (``attrs.evolve`` costs ten times more)."""
     return Invocation(
-        topic=template.topic,
+        topic=first.topic,
         function=function,
-        body=template.body,
-        headers=template.headers,
-        context=template.context,
+        body=first.body,
+        headers=first.headers,
+        context=first.context,
     )
 
 

@@ -49,12 +49,14 @@ class Connection:
 
     async def response_head(self) -> Head:
         """The head of the final response, 1xx informational responses skipped."""
-        parsed = parse_head(await self.head())
-        while parsed[0] < 200:
+        while True:
+            while (head := self._take_head()) is None:
+                self.buffer += await self.stream.receive(_READ_SIZE)
+            parsed = parse_head(head)
+            if parsed[0] >= 200:
+                return parsed
             if parsed[0] == 101:
                 raise MalformedResponseError("unexpected 101 Switching Protocols")
-            parsed = parse_head(await self.head())
-        return parsed
 
     async def response_body(self, framing: int, limit: int) -> bytes:
         """The body: ``framing`` bytes, chunked, or up to EOF; more than ``limit`` fails."""
@@ -72,18 +74,21 @@ class Connection:
         return not self.buffer  # bytes beyond the response: the stream is out of step
 
     async def head(self) -> bytes:
-        """The next response head, through the newline of its last line."""
+        """The next head (or trailer section), through the newline of its last line."""
+        while (head := self._take_head()) is None:
+            self.buffer += await self.stream.receive(_READ_SIZE)
+        return head
+
+    def _take_head(self) -> bytes | None:
+        """A complete head off the buffer, or None while it is incomplete."""
         buffer = self.buffer
-        start = 0
-        while True:
-            match = BLANK_LINE.search(buffer, start)
-            if match is not None:
-                self.buffer = buffer[match.end() :]
-                return buffer[: match.start() + 1]
-            if len(buffer) > _MAX_HEAD:
-                raise MalformedResponseError(f"response head larger than {_MAX_HEAD} bytes")
-            start = max(0, len(buffer) - 2)
-            self.buffer = buffer = buffer + await self.stream.receive(_READ_SIZE)
+        match = BLANK_LINE.search(buffer)
+        if match is not None:
+            self.buffer = buffer[match.end() :]
+            return buffer[: match.start() + 1]
+        if len(buffer) > _MAX_HEAD:
+            raise MalformedResponseError(f"response head larger than {_MAX_HEAD} bytes")
+        return None
 
     async def exact(self, size: int) -> bytes:
         """The next ``size`` bytes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import socket
@@ -23,7 +24,7 @@ from .._errors import (
 from .._http import _tls_context
 from .._invoke import finish
 from ._connection import Connection
-from ._parse import Head, MalformedResponseError
+from ._parse import MalformedResponseError
 from ._wire import AsyncioWire, WireAbortedError, WireTimeoutError, open_asyncio_wire
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dro
 _LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _NO_SCOPE: Final = nullcontext()
+# How often deadlines are checked on asyncio: 1/20 of upstream_timeout, within these bounds.
+_SWEEP_MIN: Final = 0.005
+_SWEEP_MAX: Final = 0.1
 
 
 class _ConnectError(Exception):
@@ -90,6 +94,10 @@ class FastInvoker:
         # Bound at the first call, inside the event loop: its clock, and whether it is asyncio.
         self._clock: Callable[[], float] | None = None
         self._native = False
+        # On asyncio, deadlines are swept for (see _start_sweep): at most this late.
+        self._sweep: asyncio.TimerHandle | None = None
+        timeout = config.upstream_timeout or 0.0
+        self._sweep_every = min(_SWEEP_MAX, max(_SWEEP_MIN, timeout / 20))
 
     async def invoke(self, invocation: Invocation) -> InvocationResult | None:
         """The result of one exchange; ``None`` when `abort` stopped it."""
@@ -99,14 +107,9 @@ class FastInvoker:
             raise RuntimeError("this FastInvoker is closed")
         if self._aborted:
             return None
-        key = (invocation.function, invocation.headers)
-        head = self._heads.get(key) or self._prepare(key)
-        content = invocation.body
-        request = b"%b%d\r\n\r\n%b" % (head, len(content), content)
         # One deadline for the whole exchange, connecting included, as HttpxInvoker. On
-        # asyncio the wire enforces it (a loop timer per wait); elsewhere a cancel scope does.
-        timeout = self._timeout
-        deadline = math.inf if timeout is None else started + timeout
+        # asyncio the deadline sweep enforces it; elsewhere a cancel scope does.
+        deadline = math.inf if self._timeout is None else started + self._timeout
         status: int | None = None
         headers: dict[str, str] = {}
         body = b""
@@ -118,9 +121,16 @@ class FastInvoker:
                 self._scopes.add(scope)
             connection: Connection | None = None
             try:
-                connection, (status, headers, framing, keep_alive) = await self._send(
-                    request, deadline
-                )
+                # Sent only on a connection that looks intact (one the server closed while it
+                # was idle is dropped unused), and never twice: a request sent on a connection
+                # that then breaks may have been processed, so it is an error (as in Go).
+                connection = await self._checkout(deadline)
+                stream = connection.stream
+                if isinstance(stream, AsyncioWire):
+                    self._arm(stream, deadline)
+                # The request bytes are not kept while the answer is awaited.
+                await stream.send(self._request(invocation))
+                status, headers, framing, keep_alive = await connection.response_head()
                 self._check_declared(headers)
                 body = await connection.response_body(framing, self._max_bytes)
                 if keep_alive and connection.reusable() and not self._closed:
@@ -164,9 +174,37 @@ class FastInvoker:
         clock = self._clock = loop_clock()
         return clock
 
+    def _arm(self, wire: AsyncioWire, deadline: float) -> None:
+        wire.arm(deadline)
+        if self._aborted:
+            wire.abort()  # abort() came while this call was connecting
+        if self._sweep is None and deadline != math.inf:
+            self._start_sweep()
+
+    def _start_sweep(self) -> None:
+        """Expire the wires past their deadline, every `_sweep_every` while any is busy.
+
+        Deadlines are enforced this late at most: one sweep costs less than arming and
+        cancelling a loop timer for every request.
+        """
+        self._sweep = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep_now)
+
+    def _sweep_now(self) -> None:
+        self._sweep = None
+        assert self._clock is not None  # noqa: S101 - bound before any sweep starts
+        now = self._clock()
+        for connection in tuple(self._busy):
+            stream = connection.stream
+            if isinstance(stream, AsyncioWire) and stream.deadline <= now:
+                stream.expire()
+        if self._busy:
+            self._start_sweep()
+
     def abort(self) -> None:
         """Stop every exchange in progress, and refuse later ones: they return ``None``."""
         self._aborted = True
+        while self._waiters:  # calls waiting for a connection: they find it aborted
+            self._wake()
         for connection in tuple(self._busy):
             stream = connection.stream
             if isinstance(stream, AsyncioWire):
@@ -180,6 +218,12 @@ class FastInvoker:
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._drop(connection)
+
+    def _request(self, invocation: Invocation) -> bytes:
+        key = (invocation.function, invocation.headers)
+        head = self._heads.get(key) or self._prepare(key)
+        content = invocation.body
+        return b"%b%d\r\n\r\n%b" % (head, len(content), content)
 
     def _prepare(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> bytes:
         """The request head up to the Content-Length value, cached per function and headers."""
@@ -197,24 +241,6 @@ class FastInvoker:
             del self._heads[next(iter(self._heads))]
         self._heads[key] = head
         return head
-
-    async def _send(self, request: bytes, deadline: float) -> tuple[Connection, Head]:
-        """Send the request; the connection, and the head of the response read from it.
-
-        A request is sent only on a connection that looks intact (a pooled one the server
-        closed while idle is dropped unused), and never twice: a request sent on a connection
-        that then breaks may have been processed, so it is an error, as in Go's net/http.
-        """
-        connection = await self._checkout(deadline)
-        try:
-            stream = connection.stream
-            if isinstance(stream, AsyncioWire):
-                stream.deadline = deadline
-            await stream.send(request)
-            return connection, await connection.response_head()
-        except BaseException:
-            await self._drop(connection)
-            raise
 
     def _check_declared(self, headers: dict[str, str]) -> None:
         """A declared length over the limit fails before reading (parse_head checked digits)."""
@@ -239,6 +265,8 @@ class FastInvoker:
             if self._open < self._limit:
                 return await self._connect(deadline)
             await self._wait_for_connection(deadline)
+            if self._aborted:
+                raise WireAbortedError
 
     async def _wait_for_connection(self, deadline: float) -> None:
         event = anyio.Event()
@@ -247,17 +275,18 @@ class FastInvoker:
             with anyio.move_on_at(deadline) as scope:  # on asyncio, nothing else bounds it
                 await event.wait()
         except BaseException:
-            if event.is_set():
-                self._wake()  # pass the turn on
-            else:
-                self._waiters.remove(event)
+            self._leave_queue(event)
             raise
         if scope.cancelled_caught:
-            if event.is_set():
-                self._wake()
-            else:
-                self._waiters.remove(event)
+            self._leave_queue(event)
             raise WireTimeoutError
+
+    def _leave_queue(self, event: anyio.Event) -> None:
+        """A waiter gives up: its turn, if it was given one, goes to the next waiter."""
+        if not event.is_set():
+            self._waiters.remove(event)
+        elif self._waiters:
+            self._wake()
 
     async def _connect(self, deadline: float) -> Connection:
         self._open += 1

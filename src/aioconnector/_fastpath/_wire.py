@@ -2,8 +2,8 @@
 
 On asyncio, anyio's socket stream costs about a third of an invocation: each ``receive`` turns
 reading on and off again (two ``epoll_ctl`` calls) and each call enters cancel scopes. This wire
-keeps reading on, wakes one waiting future per read and enforces the exchange's deadline with one
-loop timer, so the fast path's hot loop touches no anyio machinery on asyncio. It offers the
+keeps reading on and wakes one waiting future per read, and leaves deadlines to one periodic
+sweep by its owner, so the fast path's hot loop touches no anyio machinery on asyncio. It offers the
 part of anyio's ``ByteStream`` that `Connection` uses, with anyio's exceptions, so `Connection`
 reads from it and from an anyio stream (trio, or the slow path) alike.
 """
@@ -37,9 +37,23 @@ class WireAbortedError(Exception):
 class AsyncioWire(asyncio.Protocol):
     """A client connection's protocol, read and written by one exchange at a time.
 
-    ``deadline`` (loop time; ``inf`` for none) bounds every wait; past it a wait raises
-    `WireTimeoutError`. `abort` fails the current and every later wait with `WireAbortedError`.
+    Each exchange starts with `arm` (its deadline). Its owner calls `expire` once the deadline
+    has passed (one periodic sweep over all wires costs less than a loop timer per wait), and
+    `abort` to stop it: the wait in progress, and every later one, fails.
     """
+
+    __slots__ = (
+        "_data",
+        "_eof",
+        "_failure",
+        "_loop",
+        "_paused_reading",
+        "_paused_writing",
+        "_stop",
+        "_transport",
+        "_waiter",
+        "deadline",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.deadline = math.inf
@@ -48,8 +62,8 @@ class AsyncioWire(asyncio.Protocol):
         self._data = b""
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
-        self._failure: BaseException | None = None  # connection lost, closed or aborted
-        self._aborted = False
+        self._failure: BaseException | None = None  # connection lost, or closed
+        self._stop: type[WireTimeoutError | WireAbortedError] | None = None
         self._paused_reading = False
         self._paused_writing = False
 
@@ -90,14 +104,18 @@ class AsyncioWire(asyncio.Protocol):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """The bytes received so far (all of them: ``max_bytes`` is only a hint)."""
-        if self._aborted:
-            raise WireAbortedError
+        if self._stop is not None:
+            raise self._stop
         while not self._data:
             if self._eof:
                 raise anyio.EndOfStream
             if self._failure is not None:
                 raise self._failure
-            await self._wait()
+            waiter = self._waiter = self._loop.create_future()  # _wait(), inline: the hot one
+            try:
+                await waiter
+            finally:
+                self._waiter = None
         data, self._data = self._data, b""
         if self._paused_reading and self._transport is not None:
             self._paused_reading = False
@@ -106,6 +124,8 @@ class AsyncioWire(asyncio.Protocol):
 
     async def send(self, data: bytes) -> None:
         transport = self._transport
+        if self._stop is not None:
+            raise self._stop
         if self._failure is not None:
             raise self._failure
         if transport is None or transport.is_closing():
@@ -115,16 +135,29 @@ class AsyncioWire(asyncio.Protocol):
             await self._wait()  # the kernel's buffer is full: wait for it to drain
         if self._failure is not None:
             raise self._failure
+        if self._stop is not None:
+            raise self._stop
 
     def intact(self) -> bool:
         """Nothing arrived, and nothing broke, since the last response was read."""
         return not self._data and not self._eof and self._failure is None
 
+    def arm(self, deadline: float) -> None:
+        """Start an exchange that must be over by ``deadline`` (loop time; ``inf``: none)."""
+        self.deadline = deadline
+        if self._stop is WireTimeoutError:
+            self._stop = None  # an abort stays
+
+    def expire(self) -> None:
+        """The deadline passed: fail the wait in progress, and every later one, with
+        `WireTimeoutError` (until the next `arm`). Called by the invoker's deadline sweep."""
+        self._stop = self._stop or WireTimeoutError
+        self._fail_waiter()
+
     def abort(self) -> None:
         """Fail the wait in progress, and every later one, with `WireAbortedError`."""
-        self._aborted = True
-        self._failure = WireAbortedError()
-        self._wake()
+        self._stop = WireAbortedError
+        self._fail_waiter()
 
     def close(self) -> None:
         """Drop the connection at once (unsent bytes are discarded)."""
@@ -139,31 +172,22 @@ class AsyncioWire(asyncio.Protocol):
     # -- inner workings ----------------------------------------------------------------------
 
     async def _wait(self) -> None:
-        """Until data, EOF, failure or drain; `WireTimeoutError` past the deadline."""
+        """Until data, EOF, failure, drain, `expire` or `abort`."""
         waiter = self._waiter = self._loop.create_future()
-        deadline = self.deadline
-        timer = None
-        if deadline != math.inf:
-            if self._loop.time() >= deadline:
-                self._waiter = None
-                raise WireTimeoutError
-            timer = self._loop.call_at(deadline, _expire, waiter)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(WireTimeoutError())
+    def _fail_waiter(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._stop is not None:
+            waiter.set_exception(self._stop())
 
 
 async def open_asyncio_wire(host: str, port: int, tls: ssl.SSLContext | None) -> AsyncioWire:

@@ -1,0 +1,107 @@
+"""WorkerPool: submitted jobs run on a few long-lived tasks, none lost, none left running."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from aioconnector._workers import WorkerPool
+
+WAIT = 10
+
+
+async def test_one_job_one_worker_and_the_worker_is_reused() -> None:
+    done: list[int] = []
+
+    async def handler(job: int) -> None:
+        done.append(job)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            pool = WorkerPool(tg, handler, limit=8)
+            pool.put(1)
+            assert pool.workers == 1
+            await anyio.wait_all_tasks_blocked()
+            pool.put(2)  # the first worker is idle: no second one
+            await anyio.wait_all_tasks_blocked()
+            assert pool.workers == 1
+            pool.close()
+    assert done == [1, 2]
+    assert pool.workers == 0
+
+
+async def test_never_more_workers_than_the_limit_and_every_job_runs() -> None:
+    running = peak = 0
+    done: list[int] = []
+    release = anyio.Event()
+
+    async def handler(job: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        done.append(job)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            pool = WorkerPool(tg, handler, limit=3)
+            for job in range(10):
+                pool.put(job)
+            await anyio.wait_all_tasks_blocked()
+            assert (pool.workers, running) == (3, 3)
+            release.set()
+            pool.close()  # the seven queued jobs still run
+    assert sorted(done) == list(range(10))
+    assert peak == 3
+
+
+async def test_close_ends_idle_workers_and_refuses_new_jobs() -> None:
+    async def handler(job: int) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            pool = WorkerPool(tg, handler, limit=4)
+            pool.put(1)
+            pool.put(2)
+            await anyio.wait_all_tasks_blocked()
+            assert pool.workers == 2
+            pool.close()
+        # Leaving the task group proves the workers ended.
+    assert pool.workers == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.put(3)
+
+
+async def test_a_handler_error_propagates_through_the_task_group() -> None:
+    async def handler(job: int) -> None:
+        raise ValueError(f"job {job}")
+
+    with anyio.fail_after(WAIT), pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="job 7")):
+        async with anyio.create_task_group() as tg:
+            WorkerPool(tg, handler, limit=2).put(7)
+
+
+async def test_a_cancelled_idle_worker_leaves_no_stale_waiter() -> None:
+    done: list[int] = []
+
+    async def handler(job: int) -> None:
+        done.append(job)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as outer:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    pool = WorkerPool(tg, handler, limit=1)
+                    pool.put(1)
+                    await anyio.wait_all_tasks_blocked()
+                    scope.cancel()  # the idle worker is cancelled while waiting
+            assert pool.workers == 0
+            # A put now starts a new worker in another group: the cancelled one's waiter is gone.
+            pool._task_group = outer
+            pool.put(2)
+            await anyio.wait_all_tasks_blocked()
+            pool.close()
+    assert done == [1, 2]
