@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 from aioconnector import ControllerConfig
+from aioconnector._errors import UpstreamTimeoutError
 from aioconnector._fastpath import FastInvoker
 from aioconnector._fastpath import _invoker as invoker_module
 from aioconnector._fastpath import _wire as wire_module
@@ -245,6 +246,22 @@ async def test_abort_while_connecting(kind: str) -> None:
             await wait_until(lambda: connecting_to(port) == 0)  # the attempt was given up
     assert results == [None]
     assert returned_after < PROMPT
+
+
+async def test_connect_past_the_deadline_times_out_promptly(kind: str) -> None:
+    """The deadline covers connecting (on asyncio FastInvoker's sweep cancels the connect)."""
+    async with (
+        never_accepting() as port,
+        invoker_for(kind, f"http://127.0.0.1:{port}", upstream_timeout=0.3) as invoker,
+    ):
+        with anyio.fail_after(WAIT):
+            started = anyio.current_time()
+            result = await invoker.invoke(invocation())
+            took = anyio.current_time() - started
+            await wait_until(lambda: connecting_to(port) == 0)  # the attempt was given up
+    assert result is not None
+    assert isinstance(result.error, UpstreamTimeoutError)
+    assert 0.3 <= took < 0.3 + PROMPT
 
 
 # -- FastInvoker: aborts that meet its pool between two steps --------------------------------------

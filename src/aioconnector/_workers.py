@@ -3,14 +3,22 @@
 Starting a task through an anyio task group costs about as much as the rest of a submitted
 invocation (a task, its cancel scope, its bookkeeping). Workers start only when no idle one is
 waiting (up to ``limit``), then stay for the pool's life, taking jobs from a queue.
+
+On asyncio the workers are plain asyncio tasks: an anyio task holds about 4.4 KiB against
+0.4 KiB for an asyncio task, and with 10,000 invocations in flight there are 10,000 workers.
+One anyio task, the supervisor, stands for them in the task group: it raises the first error
+a worker raises, and cancels and awaits every worker when it is cancelled or the pool ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import anyio
+
+from ._backend import running_asyncio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -41,6 +49,13 @@ class WorkerPool(Generic[T]):
         self._idle: deque[anyio.Event] = deque()  # one per worker waiting for a job
         self._closed = False
         self.workers = 0
+        # asyncio: the workers' tasks, and what ends their supervisor (see the module's doc).
+        self._loop = asyncio.get_running_loop() if running_asyncio() else None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ended = anyio.Event()
+        self._error: BaseException | None = None
+        if self._loop is not None:
+            task_group.start_soon(self._supervise)
 
     def put(self, job: T) -> None:
         if self._closed:
@@ -50,13 +65,40 @@ class WorkerPool(Generic[T]):
             self._idle.popleft().set()
         elif self.workers < self._limit:
             self.workers += 1
-            self._task_group.start_soon(self._work)
+            if self._loop is None:
+                self._task_group.start_soon(self._work)
+            else:
+                task = self._loop.create_task(self._work())
+                self._tasks.add(task)
+                task.add_done_callback(self._worker_ended)
 
     def close(self) -> None:
         """No more jobs: idle workers end now, busy ones after the jobs already put."""
         self._closed = True
         while self._idle:
             self._idle.popleft().set()
+        if not self.workers:
+            self._ended.set()
+
+    async def _supervise(self) -> None:
+        try:
+            await self._ended.wait()
+            if self._error is not None:
+                raise self._error
+        finally:
+            tasks = tuple(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            if self._error is None:
+                self._error = error
+            self._ended.set()
 
     async def _work(self) -> None:
         jobs, handler = self._jobs, self._handler
@@ -78,3 +120,5 @@ class WorkerPool(Generic[T]):
                         raise
         finally:
             self.workers -= 1
+            if self._closed and not self.workers:
+                self._ended.set()

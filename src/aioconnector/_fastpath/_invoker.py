@@ -89,6 +89,7 @@ class FastInvoker:
         self._open = 0  # idle, busy and being opened
         self._waiters: deque[anyio.Event] = deque()
         self._scopes: set[anyio.CancelScope] = set()  # what abort() cancels besides wires
+        self._connecting: dict[anyio.CancelScope, float] = {}  # on asyncio, with deadlines
         self._closed = False
         self._aborted = False
         # Bound at the first call, inside the event loop: its clock, and whether it is asyncio.
@@ -197,7 +198,10 @@ class FastInvoker:
             stream = connection.stream
             if isinstance(stream, AsyncioWire) and stream.deadline <= now:
                 stream.expire()
-        if self._busy:
+        for scope, deadline in tuple(self._connecting.items()):
+            if deadline <= now:
+                scope.cancel()
+        if self._busy or self._connecting:
             self._start_sweep()
 
     def abort(self) -> None:
@@ -209,7 +213,7 @@ class FastInvoker:
             stream = connection.stream
             if isinstance(stream, AsyncioWire):
                 stream.abort()
-        for scope in tuple(self._scopes):
+        for scope in (*self._connecting, *self._scopes):
             scope.cancel()
 
     async def aclose(self) -> None:
@@ -316,13 +320,17 @@ class FastInvoker:
         return connection
 
     async def _connect_asyncio(self, deadline: float) -> AsyncioWire:
-        # Connects are rare: a cancel scope (for the deadline and for abort) is affordable here.
-        with anyio.CancelScope(deadline=deadline) as scope:
-            self._scopes.add(scope)
+        """Connect in a cancel scope that the sweep cancels past ``deadline`` and `abort`
+        cancels at once. The scope has no deadline of its own: an anyio deadline arms a loop
+        timer that outlives the connect by up to ``upstream_timeout`` (a kilobyte each)."""
+        with anyio.CancelScope() as scope:
+            self._connecting[scope] = deadline
+            if self._sweep is None and deadline != math.inf:
+                self._start_sweep()
             try:
                 return await open_asyncio_wire(self._host, self._port, self._tls)
             finally:
-                self._scopes.discard(scope)
+                del self._connecting[scope]
         raise WireAbortedError if self._aborted else WireTimeoutError
 
     def _release(self, connection: Connection, started: float) -> None:
