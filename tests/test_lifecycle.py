@@ -309,3 +309,32 @@ def test_config_is_kept_and_repr_hides_nothing_secret() -> None:
     controller = AsyncController(config)
     assert controller.config is config
     assert "topsecret" not in repr(config)
+
+
+async def test_an_error_inside_a_fan_out_cancels_the_other_invocations(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while invoking one function (here: a failing hub) surfaces from invoke() as
+    itself; the fan-out's other invocations are cancelled and awaited, their slots returned."""
+    for name in ("a", "b", "c"):
+        wire.gateway.add_function(name, topics="t")
+    wire.gateway.set_fault("a", latency=10)
+    wire.gateway.set_fault("b", latency=10)
+    async with wire.controller() as controller:
+        hub = controller._hub
+        publish = hub.publish
+
+        async def failing_for_c(result: InvocationResult) -> None:
+            if result.function.startswith("c"):
+                raise RuntimeError("publishing failed")
+            await publish(result)
+
+        monkeypatch.setattr(hub, "publish", failing_for_c)
+        with anyio.fail_after(5), pytest.raises(RuntimeError, match="publishing failed"):
+            await controller.invoke("t", b"x")
+        assert controller.stats().in_flight == 0  # a and b were cancelled, not left running
+        monkeypatch.setattr(hub, "publish", publish)
+        wire.gateway.clear_fault("a")
+        wire.gateway.clear_fault("b")
+        results = await controller.invoke("t", b"y")
+    assert [r.ok for r in results] == [True, True, True]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import sys
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 import attrs
 
-from ._backend import loop_clock
+from ._backend import loop_clock, running_asyncio
 from ._discovery import Discovery
 from ._errors import (
     ControllerStateError,
@@ -117,6 +118,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._map = TopicMap.EMPTY
         self._slots = Slots(config.max_concurrency)
         self._clock: Callable[[], float] = anyio.current_time  # the loop's own, once running
+        self._native = False  # running on asyncio: fan-outs use plain asyncio tasks
         self._hub = ResultHub(config.result_buffer)
         self._base_headers = base_headers(
             {
@@ -146,6 +148,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             )
         self._state = _State.STARTING
         self._clock = loop_clock()
+        self._native = running_asyncio()
         error: BaseException | None = None
         try:
             try:
@@ -352,6 +355,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     await slots.acquire()
                 holding = False
                 return (await self._run(first),)
+            if self._native:
+                held, holding = holding, False
+                return await self._fan_out_tasks(first, functions, held)
             results: list[InvocationResult | None] = [None] * len(functions)
             try:
                 async with anyio.create_task_group() as tg:
@@ -374,6 +380,45 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             self._busy -= 1
             if self._busy == 0 and self._idle is not None:
                 self._idle.set()
+
+    async def _fan_out_tasks(
+        self, first: Invocation, functions: tuple[str, ...], holding: bool
+    ) -> tuple[InvocationResult, ...]:
+        """On asyncio: every function but the last in a plain asyncio task, the last in this
+        one. An anyio task group costs about 25 us per task here, as much as an invocation;
+        what it guarantees is kept: an error or a cancellation cancels and awaits the others."""
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[InvocationResult]] = []
+        entered: set[int] = set()  # tasks that began: _run gives their slots back itself
+
+        async def run(index: int, invocation: Invocation) -> InvocationResult:
+            entered.add(index)
+            return await self._run(invocation)
+
+        last = len(functions) - 1
+        try:
+            for index, function in enumerate(functions):
+                if not holding:
+                    await self._slots.acquire()
+                holding = False
+                invocation = first if index == 0 else _for_function(first, function)
+                if index < last:
+                    tasks.append(loop.create_task(run(index, invocation)))
+                else:
+                    result = await self._run(invocation)
+            return (*[await task for task in tasks], result)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
+            for index, task in enumerate(tasks):
+                if index not in entered:
+                    self._slots.release()  # cancelled before it began: its slot is ours
+                elif not task.cancelled():
+                    task.exception()  # retrieved, so asyncio does not log it as lost
+            raise
 
     async def _run_submitted(self, job: tuple[Invocation, tuple[str, ...]]) -> None:
         await self._fan_out(*job, holding=True)
