@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from aioconnector import AsyncController, ControllerConfig, GatewayUnavailableError
+from aioconnector._fastpath import FastInvoker
 from aioconnector.testing import FakeGateway
 
 TOPIC = "orders"
@@ -166,3 +167,21 @@ async def test_missing_client_certificate_is_rejected(pki: Pki) -> None:
             assert gw.requests == []
             # The same server still accepts a connector that presents its certificate.
             await assert_works(url, gw, ca_bundle=pki.ca_file, client_cert=pki.client_chain_file)
+
+
+async def test_tls_connections_are_reused(pki: Pki) -> None:
+    """Sequential calls over https share one kept-alive connection (on trio the pool's
+    reuse check peeks at the TLS socket: post-handshake records must not count as unsolicited
+    bytes)."""
+    gw = gateway()
+    with anyio.fail_after(20):
+        async with gw.serve(ssl_context=server_context(pki)) as url:
+            connector = controller(url, ca_bundle=pki.ca_file)
+            async with connector:
+                for index in range(5):
+                    (result,) = await connector.invoke(TOPIC, b"%d" % index)
+                    assert result.ok, result.error
+                session = connector._session
+                assert session is not None
+                assert isinstance(session.invoker, FastInvoker)
+                assert session.invoker._open == 1
