@@ -104,9 +104,9 @@ class AsyncioWire(asyncio.Protocol):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """The bytes received so far (all of them: ``max_bytes`` is only a hint)."""
-        if self._stop is not None:
-            raise self._stop
         while not self._data:
+            if self._stop is not None:
+                raise self._stop
             if self._eof:
                 raise anyio.EndOfStream
             if self._failure is not None:
@@ -116,6 +116,8 @@ class AsyncioWire(asyncio.Protocol):
                 await waiter
             finally:
                 self._waiter = None
+        if self._stop is not None:
+            raise self._stop  # buffered data is never handed out past an expiry or an abort
         data, self._data = self._data, b""
         if self._paused_reading and self._transport is not None:
             self._paused_reading = False
@@ -123,20 +125,21 @@ class AsyncioWire(asyncio.Protocol):
         return data
 
     async def send(self, data: bytes) -> None:
+        self._check()
         transport = self._transport
-        if self._stop is not None:
-            raise self._stop
-        if self._failure is not None:
-            raise self._failure
         if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError("the connection is closed")
         transport.write(data)
-        while self._paused_writing and self._failure is None:
-            await self._wait()  # the kernel's buffer is full: wait for it to drain
-        if self._failure is not None:
-            raise self._failure
+        while self._paused_writing:  # the kernel's buffer is full: wait for it to drain
+            self._check()
+            await self._wait()
+        self._check()
+
+    def _check(self) -> None:
         if self._stop is not None:
             raise self._stop
+        if self._failure is not None:
+            raise self._failure
 
     def intact(self) -> bool:
         """Nothing arrived, and nothing broke, since the last response was read."""
