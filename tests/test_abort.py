@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -82,24 +82,35 @@ class Answering:
             await peer.send(OK)
 
 
+async def abort_when(
+    invoker: Invoker, calls: int, ready: Callable[[], bool]
+) -> tuple[list[InvocationResult | None], float]:
+    """Start ``calls`` invocations, abort once ``ready()``; their results, and how long they
+    took to return after the abort (seconds)."""
+    results: list[InvocationResult | None] = []
+
+    async def call() -> None:
+        results.append(await invoker.invoke(invocation()))
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            for _ in range(calls):
+                tg.start_soon(call)
+            await wait_until(ready)
+            aborted_at = anyio.current_time()
+            invoker.abort()
+    return results, anyio.current_time() - aborted_at
+
+
 # -- an invocation in progress -------------------------------------------------------------------
 
 
 async def test_abort_stops_an_invoke_in_progress(kind: str) -> None:
     hanging = Hanging()
     async with raw_server(hanging) as server, invoker_for(kind, server.url) as invoker:
-        results: list[InvocationResult | None] = []
-
-        async def call() -> None:
-            results.append(await invoker.invoke(invocation()))
-
+        # Aborted once the server has the request.
+        results, returned_after = await abort_when(invoker, 1, lambda: len(hanging.requests) == 1)
         with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call)
-                await wait_until(lambda: len(hanging.requests) == 1)  # the server has it
-                aborted_at = anyio.current_time()
-                invoker.abort()
-            returned_after = anyio.current_time() - aborted_at
             await wait_until(lambda: hanging.closed_by_client == 1)  # its connection closed
     assert results == [None]
     assert returned_after < PROMPT
@@ -109,19 +120,8 @@ async def test_abort_stops_an_invoke_in_progress(kind: str) -> None:
 async def test_abort_stops_every_invoke_in_progress(kind: str) -> None:
     hanging = Hanging()
     async with raw_server(hanging) as server, invoker_for(kind, server.url) as invoker:
-        results: list[InvocationResult | None] = []
-
-        async def call() -> None:
-            results.append(await invoker.invoke(invocation()))
-
+        results, returned_after = await abort_when(invoker, 3, lambda: len(hanging.requests) == 3)
         with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
-                for _ in range(3):
-                    tg.start_soon(call)
-                await wait_until(lambda: len(hanging.requests) == 3)
-                aborted_at = anyio.current_time()
-                invoker.abort()
-            returned_after = anyio.current_time() - aborted_at
             await wait_until(lambda: hanging.closed_by_client == 3)
     assert results == [None, None, None]
     assert returned_after < PROMPT
@@ -231,18 +231,8 @@ async def test_abort_while_connecting(kind: str) -> None:
         never_accepting() as port,
         invoker_for(kind, f"http://127.0.0.1:{port}") as invoker,
     ):
-        results: list[InvocationResult | None] = []
-
-        async def call() -> None:
-            results.append(await invoker.invoke(invocation()))
-
+        results, returned_after = await abort_when(invoker, 1, lambda: connecting_to(port) == 1)
         with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(call)
-                await wait_until(lambda: connecting_to(port) == 1)
-                aborted_at = anyio.current_time()
-                invoker.abort()
-            returned_after = anyio.current_time() - aborted_at
             await wait_until(lambda: connecting_to(port) == 0)  # the attempt was given up
     assert results == [None]
     assert returned_after < PROMPT

@@ -8,7 +8,7 @@ import math
 import random
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,6 +110,28 @@ class RawPeer:
             return data
 
 
+async def failures_of(
+    wire: AsyncioWire,
+    operation: Callable[[], Awaitable[object]],
+    interrupt: Callable[[], Awaitable[None]],
+) -> list[BaseException]:
+    """What ``operation`` raised when ``interrupt`` ran while it waited on ``wire``."""
+    failures: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await operation()
+        except Exception as exc:
+            failures.append(exc)
+
+    with anyio.fail_after(WAIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await wait_until(lambda: waiting(wire))
+            await interrupt()
+    return failures
+
+
 def buffered(wire: AsyncioWire) -> int:
     """Bytes received and not yet read."""
     return len(wire._data)
@@ -206,40 +228,24 @@ async def test_eof_after_data_returns_the_data_first() -> None:
 
 async def test_eof_while_waiting() -> None:
     async with connected() as (wire, peer):
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
-                failures: list[BaseException] = []
 
-                async def read() -> None:
-                    try:
-                        await wire.receive()
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            await peer.send_eof()
 
-                tg.start_soon(read)
-                await wait_until(lambda: waiting(wire))
-                await peer.send_eof()
+        failures = await failures_of(wire, wire.receive, interrupt)
         assert [type(exc) for exc in failures] == [anyio.EndOfStream]
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 async def test_peer_gone_while_waiting(how: str) -> None:
     async with connected() as (wire, peer):
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def read() -> None:
-                    try:
-                        await wire.receive()
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            if how == "reset":
+                reset(peer)
+            await peer.aclose()
 
-                tg.start_soon(read)
-                await wait_until(lambda: waiting(wire))
-                if how == "reset":
-                    reset(peer)
-                await peer.aclose()
+        failures = await failures_of(wire, wire.receive, interrupt)
         assert len(failures) == 1
         assert isinstance(failures[0], anyio.EndOfStream | anyio.BrokenResourceError)
         assert not wire.intact()
@@ -268,19 +274,11 @@ async def test_data_then_reset_returns_the_data_first() -> None:
 async def test_expire_fails_a_pending_receive_and_later_ones_until_the_next_arm() -> None:
     async with connected() as (wire, peer):
         wire.arm(asyncio.get_running_loop().time() + 60)
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def read() -> None:
-                    try:
-                        await wire.receive()
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            wire.expire()  # what the invoker's deadline sweep calls
 
-                tg.start_soon(read)
-                await wait_until(lambda: waiting(wire))
-                wire.expire()  # what the invoker's deadline sweep calls
+        failures = await failures_of(wire, wire.receive, interrupt)
         assert [type(exc) for exc in failures] == [WireTimeoutError]
         assert not waiting(wire)
         with anyio.fail_after(WAIT), pytest.raises(WireTimeoutError):
@@ -308,19 +306,12 @@ async def test_expire_fails_a_send_waiting_for_the_peer_to_read() -> None:
     data = bytes(16 * 1024 * 1024)  # far more than the kernel buffers hold
     async with connected_raw() as (wire, _peer):
         wire.arm(math.inf)
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def write() -> None:
-                    try:
-                        await wire.send(data)  # the peer reads nothing
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            wire.expire()
 
-                tg.start_soon(write)
-                await wait_until(lambda: waiting(wire))
-                wire.expire()
+        # The peer reads nothing.
+        failures = await failures_of(wire, lambda: wire.send(data), interrupt)
         assert [type(exc) for exc in failures] == [WireTimeoutError]
         assert wire._paused_writing
         assert not waiting(wire)
@@ -331,19 +322,11 @@ async def test_expire_fails_a_send_waiting_for_the_peer_to_read() -> None:
 
 async def test_abort_fails_a_pending_receive() -> None:
     async with connected() as (wire, peer):
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def read() -> None:
-                    try:
-                        await wire.receive()
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            wire.abort()
 
-                tg.start_soon(read)
-                await wait_until(lambda: waiting(wire))
-                wire.abort()
+        failures = await failures_of(wire, wire.receive, interrupt)
         assert [type(exc) for exc in failures] == [WireAbortedError]
         # Data arriving after the abort is never handed out.
         await peer.send(b"too late")
@@ -374,20 +357,13 @@ async def test_abort_with_data_buffered() -> None:
 async def test_abort_fails_a_send_waiting_for_the_peer_to_read() -> None:
     data = bytes(16 * 1024 * 1024)  # far more than the kernel buffers hold
     async with connected_raw() as (wire, _peer):
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def write() -> None:
-                    try:
-                        await wire.send(data)  # the peer reads nothing
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            assert wire._paused_writing
+            wire.abort()
 
-                tg.start_soon(write)
-                await wait_until(lambda: waiting(wire))
-                assert wire._paused_writing
-                wire.abort()
+        # The peer reads nothing.
+        failures = await failures_of(wire, lambda: wire.send(data), interrupt)
         assert [type(exc) for exc in failures] == [WireAbortedError]
 
 
@@ -517,19 +493,11 @@ async def test_close_drops_the_connection() -> None:
 
 async def test_close_wakes_a_pending_receive() -> None:
     async with connected() as (wire, _peer):
-        failures: list[BaseException] = []
-        with anyio.fail_after(WAIT):
-            async with anyio.create_task_group() as tg:
 
-                async def read() -> None:
-                    try:
-                        await wire.receive()
-                    except Exception as exc:
-                        failures.append(exc)
+        async def interrupt() -> None:
+            wire.close()
 
-                tg.start_soon(read)
-                await wait_until(lambda: waiting(wire))
-                wire.close()
+        failures = await failures_of(wire, wire.receive, interrupt)
         assert [type(exc) for exc in failures] == [anyio.ClosedResourceError]
 
 
