@@ -348,6 +348,7 @@ def print_report(
         f"load average (1, 5, 15 min) before: {_load(meta['load_average_before'])}; "
         f"after: {_load(meta['load_average_after'])}; "
         f"stub on {'uvloop' if meta['stub']['uvloop'] else 'asyncio'}; "
+        f"{_pinning(meta.get('pinned'))}"
         f"run took {meta['duration_s']} s\n"
     )
     for scenario in TITLES:
@@ -359,3 +360,9 @@ def print_report(
         print(text)
     for failure in failures:
         print(f"FAILED: {failure}")
+
+
+def _pinning(pinned: dict[str, list[int]] | None) -> str:
+    if not pinned or not pinned["stub"]:
+        return "not pinned to CPUs; "
+    return f"stub on CPU {pinned['stub']}, clients on CPU {pinned['clients']}; "

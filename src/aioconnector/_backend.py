@@ -8,12 +8,14 @@ loop's own clock instead. The values are the same: anyio's clock *is* the loop's
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["loop_clock", "running_asyncio"]
+__all__ = ["Waitable", "event_factory", "loop_clock", "running_asyncio"]
 
 
 def running_asyncio() -> bool:
@@ -32,3 +34,17 @@ def loop_clock() -> Callable[[], float]:
     import trio  # noqa: PLC0415 - only under trio, where it is installed
 
     return trio.current_time
+
+
+class Waitable(Protocol):
+    """What `anyio.Event` and `asyncio.Event` have in common, as `event_factory` uses them."""
+
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    async def wait(self) -> object: ...
+
+
+def event_factory() -> Callable[[], Waitable]:
+    """``asyncio.Event`` on asyncio, else ``anyio.Event``: anyio's looks the backend up each
+    time it is created, which costs more than the rest of a hand-over between two tasks."""
+    return asyncio.Event if running_asyncio() else anyio.Event

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import anyio
 
-from ._backend import running_asyncio
+from ._backend import event_factory, running_asyncio
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from anyio.abc import TaskGroup
+
+    from ._backend import Waitable
 
 __all__ = ["WorkerPool"]
 
@@ -46,7 +48,8 @@ class WorkerPool(Generic[T]):
         self._handler = handler
         self._limit = limit
         self._jobs: deque[T] = deque()  # unbounded: the callers' own bound applies
-        self._idle: deque[anyio.Event] = deque()  # one per worker waiting for a job
+        self._idle: deque[Waitable] = deque()  # one per worker waiting for a job
+        self._new_event = event_factory()
         self._closed = False
         self.workers = 0
         # asyncio: the workers' tasks, and what ends their supervisor (see the module's doc).
@@ -110,7 +113,7 @@ class WorkerPool(Generic[T]):
                     return
                 else:
                     # Woken by put() or close(); another worker may have taken the job first.
-                    event = anyio.Event()
+                    event = self._new_event()
                     self._idle.append(event)
                     try:
                         await event.wait()
