@@ -183,7 +183,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     def _invoker_for(self, client: httpx.AsyncClient) -> Invoker:
         # A transport given by the user is used as it is, for invocations too (MockTransport,
         # respx, proxies, custom TLS); otherwise invocations take the lean HTTP/1.1 pool,
-        # about seventy times cheaper per call than httpx's, and lookups stay on httpx.
+        # twenty to seventy times cheaper per call than httpx's, and lookups stay on httpx.
         if self._transport is not None:
             return HttpxInvoker(client, self._config)
         return FastInvoker(self._config)
