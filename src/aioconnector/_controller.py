@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import sys
 from contextlib import asynccontextmanager
@@ -160,7 +161,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     self._install(await discovery.fetch_at_startup())
                     refresher = _Refresher(self, discovery)
                     invoker = self._invoker_for(client)
-                    workers = WorkerPool(tg, self._run_submitted, self._config.max_concurrency)
+                    run_job = functools.partial(self._fan_out, holding=True)  # no wrapper frame
+                    workers = WorkerPool(tg, run_job, self._config.max_concurrency)
                     self._session = _Session(invoker=invoker, refresher=refresher, workers=workers)
                     refresh_scope = await tg.start(refresher.run_forever)
                     self._state = _State.RUNNING
@@ -229,11 +231,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         are also published to every results stream. Failures are results, not exceptions.
         Cancelling the call cancels its requests.
         """
-        first, functions = self._accept(topic, body, headers, context)
-        if not functions:
+        job = self._accept(topic, body, headers, context)
+        if not job[1]:
             return ()
         self._busy += 1
-        return await self._fan_out(first, functions)
+        return await self._fan_out(job)
 
     async def submit(
         self,
@@ -249,8 +251,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         ``max_concurrency``, kept until exit); their results go to the results streams.
         Returns how many functions matched (0: nothing will be invoked).
         """
-        first, functions = self._accept(topic, body, headers, context)
-        if not functions:
+        job = self._accept(topic, body, headers, context)
+        if not job[1]:
             return 0
         await self._slots.acquire()
         session = self._session
@@ -258,8 +260,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             self._slots.release()
             raise ControllerStateError("the controller began shutting down before admission")
         self._busy += 1
-        session.workers.put((first, functions))
-        return len(functions)
+        session.workers.put(job)
+        return len(job[1])
 
     def results(self) -> ResultStream:
         """Subscribe to every result produced from now on.
@@ -343,9 +345,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         return first, functions
 
     async def _fan_out(
-        self, first: Invocation, functions: tuple[str, ...], holding: bool = False
+        self, job: tuple[Invocation, tuple[str, ...]], *, holding: bool = False
     ) -> tuple[InvocationResult, ...]:
-        """Invoke ``functions``; ``holding``: a slot for the first is already taken."""
+        """Invoke a message's functions (its first invocation, and the functions' addresses);
+        ``holding``: a slot for the first is already taken."""
+        first, functions = job
         # Each invocation takes a slot *before* its task starts, so waiting costs no task.
         error: BaseException | None = None
         slots = self._slots
@@ -419,9 +423,6 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 elif not task.cancelled():
                     task.exception()  # retrieved, so asyncio does not log it as lost
             raise
-
-    async def _run_submitted(self, job: tuple[Invocation, tuple[str, ...]]) -> None:
-        await self._fan_out(*job, holding=True)
 
     async def _run_into(
         self, results: list[InvocationResult | None], index: int, invocation: Invocation
