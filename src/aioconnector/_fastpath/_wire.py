@@ -135,12 +135,6 @@ class AsyncioWire(asyncio.Protocol):
             await self._wait()
         self._check()
 
-    def _check(self) -> None:
-        if self._stop is not None:
-            raise self._stop
-        if self._failure is not None:
-            raise self._failure
-
     def intact(self) -> bool:
         """Nothing arrived, and nothing broke, since the last response was read."""
         return not self._data and not self._eof and self._failure is None
@@ -173,6 +167,12 @@ class AsyncioWire(asyncio.Protocol):
         self.close()
 
     # -- inner workings ----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._stop is not None:
+            raise self._stop
+        if self._failure is not None:
+            raise self._failure
 
     async def _wait(self) -> None:
         """Until data, EOF, failure, drain, `expire` or `abort`."""
