@@ -22,6 +22,8 @@ from ._parse import (
 )
 
 if TYPE_CHECKING:
+    import socket
+
     from anyio.abc import ByteStream
 
     from ._wire import AsyncioWire
@@ -40,10 +42,11 @@ class Connection:
     stream is in step for another request.
     """
 
-    __slots__ = ("buffer", "idle_since", "stream")
+    __slots__ = ("buffer", "idle_since", "socket", "stream")
 
-    def __init__(self, stream: ByteStream | AsyncioWire) -> None:
+    def __init__(self, stream: ByteStream | AsyncioWire, socket: socket.socket | None = None):
         self.stream = stream
+        self.socket = socket  # an anyio stream's socket, peeked at before reuse
         self.buffer = b""
         self.idle_since = 0.0
 

@@ -315,7 +315,13 @@ class FastInvoker:
             if isinstance(exc, _LOST):
                 raise _ConnectError(_describe(exc)) from exc
             raise
-        connection = Connection(stream)
+        # anyio builds every extra attribute on each extra() call: look the socket up once.
+        raw = (
+            None
+            if isinstance(stream, AsyncioWire)
+            else stream.extra(SocketAttribute.raw_socket, None)
+        )
+        connection = Connection(stream, raw)
         self._busy.add(connection)
         return connection
 
@@ -362,7 +368,7 @@ def _intact(connection: Connection) -> bool:
     stream = connection.stream
     if isinstance(stream, AsyncioWire):
         return stream.intact()
-    sock = stream.extra(SocketAttribute.raw_socket, None)
+    sock = connection.socket
     if sock is None:  # pragma: no cover - anyio's TCP streams always have one
         return True
     try:
