@@ -92,6 +92,26 @@ async def test_max_concurrency_bounds_in_flight_invocations(wire: Wire) -> None:
     assert wire.gateway.peak_in_flight == 3
 
 
+async def test_submitted_messages_share_a_few_worker_tasks(wire: Wire) -> None:
+    """No task per submitted message: 60 messages with max_concurrency=4 run on at most four
+    workers, started as needed, and every result arrives."""
+    wire.gateway.add_function("slow", topics="t")
+    wire.gateway.set_fault("slow", latency=0.01)
+    async with wire.controller(max_concurrency=4) as controller:
+        session = controller._session
+        assert session is not None
+        started: set[int] = set()
+        async with controller.results() as stream:
+            for index in range(60):
+                await controller.submit("t", b"%d" % index)
+                started.add(session.workers.workers)
+            with anyio.fail_after(10):
+                bodies = {(await stream.receive()).body for _ in range(60)}
+        assert max(started) == 4
+    assert len(bodies) == 60
+    assert len(wire.gateway.invocations("slow")) == 60
+
+
 async def test_headers_defaults_and_caller_replacement(wire: Wire) -> None:
     wire.gateway.add_function("echo", topics="t")
     async with wire.controller(
