@@ -1,8 +1,12 @@
-"""`WorkerPool`: runs submitted jobs on a pool of long-lived tasks instead of a task per job.
+"""`WorkerPool`: runs submitted jobs on reused long-lived tasks instead of a task per job.
 
 Starting a task through an anyio task group costs about as much as the rest of a submitted
-invocation (a task, its cancel scope, its bookkeeping). Workers start only when no idle one is
-waiting (up to ``limit``), then stay for the pool's life, taking jobs from a queue.
+invocation (a task, its cancel scope, its bookkeeping). A job goes to an idle worker when one
+is waiting, else a new worker starts for it at once: a job never waits for a busy worker.
+That matters for correctness, not speed: the controller's jobs hold a concurrency slot while
+queued, and a busy worker may itself be waiting for a slot (a message's next function, a
+retry), so a job left for it could wait forever. Up to ``limit`` workers stay for the pool's
+life when idle; the others end when they find no job.
 
 On asyncio the workers are plain asyncio tasks: an anyio task holds about 4.4 KiB against
 0.4 KiB for an asyncio task, and with 10,000 invocations in flight there are 10,000 workers.
@@ -34,10 +38,11 @@ T = TypeVar("T")
 
 @final
 class WorkerPool(Generic[T]):
-    """Calls ``handler(job)`` for each `put` job, on at most ``limit`` worker tasks.
+    """Calls ``handler(job)`` for each `put` job at once, on an idle worker task or a new one.
 
     `put` never waits: the caller bounds how many jobs are pending (the controller holds a
-    concurrency slot for each). After `close`, workers finish the jobs already put, then end.
+    concurrency slot for each). At most ``limit`` idle workers are kept for the next jobs.
+    After `close`, workers finish the jobs already put, then end.
     An exception from ``handler`` ends its worker and propagates through ``task_group``.
     """
 
@@ -52,6 +57,9 @@ class WorkerPool(Generic[T]):
         self._new_event = event_factory()
         self._closed = False
         self.workers = 0
+        # Workers started or woken that have not yet looked at the queue: each will take a
+        # job, so a job put while there are at least as many of them needs no new worker.
+        self._coming = 0
         # asyncio: the workers' tasks, and what ends their supervisor (see the module's doc).
         self._loop = asyncio.get_running_loop() if running_asyncio() else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,8 +73,11 @@ class WorkerPool(Generic[T]):
             raise RuntimeError("this WorkerPool is closed")
         self._jobs.append(job)
         if self._idle:
+            self._coming += 1
             self._idle.popleft().set()
-        elif self.workers < self._limit:
+        elif len(self._jobs) > self._coming:
+            # Never left for a busy worker: that one may be waiting for this job's slot.
+            self._coming += 1
             self.workers += 1
             if self._loop is None:
                 self._task_group.start_soon(self._work)
@@ -79,6 +90,7 @@ class WorkerPool(Generic[T]):
         """No more jobs: idle workers end now, busy ones after the jobs already put."""
         self._closed = True
         while self._idle:
+            self._coming += 1
             self._idle.popleft().set()
         if not self.workers:
             self._ended.set()
@@ -105,12 +117,13 @@ class WorkerPool(Generic[T]):
 
     async def _work(self) -> None:
         jobs, handler = self._jobs, self._handler
+        self._coming -= 1  # started: at the queue now
         try:
             while True:
                 if jobs:
                     await handler(jobs.popleft())
-                elif self._closed:
-                    return
+                elif self._closed or self.workers > self._limit:
+                    return  # no more jobs, or more idle workers than are kept
                 else:
                     # Woken by put() or close(); another worker may have taken the job first.
                     event = self._new_event()
@@ -118,9 +131,12 @@ class WorkerPool(Generic[T]):
                     try:
                         await event.wait()
                     except BaseException:
-                        if not event.is_set():
+                        if event.is_set():
+                            self._coming -= 1
+                        else:
                             self._idle.remove(event)
                         raise
+                    self._coming -= 1  # woken: at the queue now
         finally:
             self.workers -= 1
             if self._closed and not self.workers:
