@@ -6,6 +6,7 @@ from a blocking portal's thread.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -111,6 +112,19 @@ def summary(out: str) -> tuple[int, int, int, int, float, float]:
     return sent, invocations, ok, failed, float(match[5]), float(match[6])
 
 
+ATTEMPT_LINE = re.compile(
+    r"^aioconnector: gateway not ready \(attempt (\d+)\): (.+); retrying in (\d+\.\d)s$"
+)
+
+
+def startup_failure(err: str) -> tuple[list[int], str]:
+    """The attempt numbers reported while startup retried, and the one error line after them."""
+    *attempts, last = err.splitlines() or [""]
+    matches = [ATTEMPT_LINE.match(line) for line in attempts]
+    assert all(matches), err
+    return [int(m[1]) for m in matches if m], single_error_line(last)
+
+
 def single_error_line(err: str) -> str:
     assert "Traceback" not in err
     lines = err.splitlines()
@@ -142,6 +156,8 @@ def test_demo_with_the_built_in_gateway(backend: str, capsys: pytest.CaptureFixt
     assert maximum >= 300.0  # slow-report takes ~300 ms
     assert 0 < mean <= maximum
     assert out.index("summary:") > out.rindex(" -> ")  # the summary comes last
+    assert "\r" not in out  # not a terminal: plain lines, no progress line
+    assert "progress:" not in out
 
 
 @BACKENDS
@@ -423,6 +439,47 @@ def test_tester(backend: str, serve: Serve, capsys: pytest.CaptureFixture[str]) 
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", payload["sent_at"])
         assert call.headers["content-type"] == "application/json"
     assert summary(out)[:4] == (3, 3, 3, 0)
+    assert "\r" not in out  # not a terminal: plain lines, no progress line
+    assert "progress:" not in out
+
+
+class TtyOut(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+PROGRESS = re.compile(
+    r"progress: (\d+) of (\d+) events sent, (\d+) invocations done, (\d+) failed, "
+    r"\d+\.\d invocations/s"
+)
+
+
+@BACKENDS
+@pytest.mark.parametrize("command", ["demo", "tester"])
+def test_progress_on_a_terminal(
+    command: str, backend: str, shop: tuple[FakeGateway, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = TtyOut()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    argv = [command, "--count", "4", "--interval", "0", "--gateway", shop[1]]
+    # tester: refunds (broken, 500) on every event; demo: orders, billing, refunds in turn.
+    extra = ["--topic", "refunds"] if command == "tester" else ["--stats-interval", "60"]
+    status = main([*argv, *extra, "--backend", backend])
+    out = terminal.getvalue()
+    assert status == (1 if command == "tester" else 0)
+    drawn = [PROGRESS.search(part) for part in out.split("\r")]
+    counts = [tuple(int(m[i]) for i in range(1, 5)) for m in drawn if m is not None]
+    assert counts, out
+    assert all(total == 4 for _, total, _, _ in counts)
+    assert counts == sorted(counts)  # redrawn as things get done, never backwards
+    sent, invocations, ok, failed, _, _ = summary(out)
+    assert counts[-1] == (sent, 4, invocations, failed) == (4, 4, ok + failed, failed)
+    assert failed >= 1
+    # The last progress line stays, ended by a newline, and the summary follows it.
+    assert re.search(r"progress: [^\r\n]*\n" + SUMMARY.pattern.lstrip("^"), out, re.MULTILINE)
+    # Every result line was printed whole, on a line of its own, above the progress line.
+    lines = [line.rpartition("\x1b[K")[2] for line in out.split("\n")]
+    assert len(result_lines("\n".join(lines))) == invocations
 
 
 def test_tester_long_bodies_are_shortened(serve: Serve, capsys: pytest.CaptureFixture[str]) -> None:
@@ -434,11 +491,12 @@ def test_tester_long_bodies_are_shortened(serve: Serve, capsys: pytest.CaptureFi
     assert body == ("word " * 16)[:77] + "..."
 
 
-def test_tester_warns_when_nothing_matches(
-    shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+@BACKENDS
+def test_tester_exits_2_when_nothing_matches(
+    backend: str, shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["tester", "--count", "2", "--interval", "0", "--gateway", shop[1]]
-    assert main(argv) == 0
+    assert main([*argv, "--backend", backend]) == 2  # as invoke does
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if "warning" in line]
     assert len(warnings) == 2
@@ -494,13 +552,24 @@ def test_credentials_from_the_environment_convention(
     assert main(["topics", "--gateway", locked]) == 0
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["topics", "--username", "admin"],
+        ["invoke", "t", "--password-file", "pw"],
+        ["demo", "--username", "admin"],
+        ["tester", "--password-file", "pw"],
+    ],
+)
 def test_username_without_password_file_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str],
+    argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc_info:
-        main(["topics", "--username", "admin"])
+        main(argv)
     assert exc_info.value.code == 2
-    assert "--password-file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: aioconnector {argv[0]} ")  # the subcommand's usage
+    assert f"aioconnector {argv[0]}: error: --username and --password-file go together" in err
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -516,8 +585,72 @@ def test_unreachable_gateway(
     assert main(argv) == 1
     assert time.monotonic() - started < 10
     captured = capsys.readouterr()
-    assert "could not build the topic map" in single_error_line(captured.err)
+    assert "could not build the topic map" in startup_failure(captured.err)[1]
     assert captured.out == ""
+
+
+@BACKENDS
+@pytest.mark.parametrize("command", [["topics"], ["invoke", "t", "--data", "x"], ["tester"]])
+def test_startup_retries_are_reported_until_the_startup_timeout(
+    command: list[str], backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*command, "--gateway", "http://127.0.0.1:1", "--startup-timeout", "700ms"]
+    assert main([*argv, "--backend", backend]) == 1
+    captured = capsys.readouterr()
+    attempts, error = startup_failure(captured.err)
+    assert attempts[:2] == [1, 2]  # one line per failed attempt, numbered in order
+    assert attempts == list(range(1, len(attempts) + 1))
+    first = ATTEMPT_LINE.match(captured.err.splitlines()[0])
+    assert first is not None
+    assert "GET /system/namespaces failed" in first[2]
+    assert "could not build the topic map from http://127.0.0.1:1" in error
+    assert "startup_timeout=0.7s" in error  # the flag won over the environment's 5
+    assert "--startup-timeout DURATION" in error
+    assert captured.out == ""
+
+
+class NotFoundHandler(http.server.BaseHTTPRequestHandler):
+    """Some web server that is not an OpenFaaS gateway: 404 for everything."""
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)  # type: ignore[attr-defined]
+        body = b"404 page not found\n"
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet
+
+
+@pytest.fixture
+def not_a_gateway() -> Iterator[tuple[str, list[str]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHandler)
+    server.paths = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/base", server.paths  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@BACKENDS
+def test_a_server_answering_404_is_not_a_gateway(
+    backend: str, not_a_gateway: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, paths = not_a_gateway
+    argv = ["topics", "--gateway", url, "--startup-timeout", "1m", "--backend", backend]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    line = single_error_line(captured.err)  # no retries, so no attempt lines
+    assert "GET /system/functions answered HTTP 404" in line
+    assert f"{url} is not an OpenFaaS gateway, or gateway_url has a wrong base path" in line
+    # /system/namespaces answering 404 is an older gateway; /system/functions is not: no retry.
+    assert paths == ["/base/system/namespaces", "/base/system/functions"]
 
 
 @pytest.mark.parametrize(
@@ -575,6 +708,9 @@ def test_invalid_header_is_reported(
         ["tester", "--interval", "soon"],
         ["topics", "--backend", "curio"],
         ["topics", "--max-concurrency", "many"],
+        ["topics", "--startup-timeout", "0"],
+        ["invoke", "t", "--startup-timeout", "soon"],
+        ["demo", "--startup-timeout", "-1s"],
         ["invoke", "t", "--header", "no colon"],
         ["invoke", "t", "--data", "x", "--data-file", "y"],
         ["invoke"],
@@ -668,18 +804,14 @@ def test_python_dash_m_demo() -> None:
     assert completed.stderr == ""
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is POSIX")
-@BACKENDS
-def test_ctrl_c_stops_the_demo_with_a_summary(backend: str, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "aioconnector", "demo", "--interval", "0.02"]
+def signal_after_first_result(argv: list[str], signum: int, tmp_path: Path) -> tuple[int, str, str]:
+    """Run the program, send ``signum`` to it once it printed a result line; its exit status,
+    stdout and stderr."""
+    command = [sys.executable, "-m", "aioconnector", *argv]
     with (
         (tmp_path / "stderr").open("w+") as stderr,
         subprocess.Popen(  # noqa: S603  (this interpreter, fixed arguments)
-            [*command, "--backend", backend],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=program_env(),
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=program_env()
         ) as process,
     ):
         assert process.stdout is not None
@@ -697,10 +829,10 @@ def test_ctrl_c_stops_the_demo_with_a_summary(backend: str, tmp_path: Path) -> N
             seen: list[str] = []
             while not result_lines("".join(seen)):
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-                assert line is not None, f"the demo ended early: {seen}"
+                assert line is not None, f"{argv[0]} ended early: {seen}"
                 seen.append(line)
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=30) == 130
+            process.send_signal(signum)  # this subprocess only, by its pid
+            status = process.wait(timeout=30)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -709,14 +841,64 @@ def test_ctrl_c_stops_the_demo_with_a_summary(backend: str, tmp_path: Path) -> N
         while (line := lines.get_nowait()) is not None:
             seen.append(line)
         stderr.seek(0)
-        err = stderr.read()
-    out = "".join(seen)
+        return status, "".join(seen), stderr.read()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT and SIGTERM are POSIX")
+@BACKENDS
+@pytest.mark.parametrize(
+    ("command", "signum"),
+    [
+        ("demo", signal.SIGINT),
+        ("demo", signal.SIGTERM),
+        ("tester", signal.SIGTERM),
+        ("tester", signal.SIGINT),
+    ],
+)
+def test_a_signal_stops_the_command_with_a_summary(
+    command: str, signum: int, backend: str, serve: Serve, tmp_path: Path
+) -> None:
+    argv = [command, "--interval", "0.02", "--backend", backend]
+    if command == "tester":
+        gateway = FakeGateway()
+        gateway.add_function("payments", topics=["payment.received"])
+        argv += ["--gateway", serve(gateway)]
+    status, out, err = signal_after_first_result(argv, signum, tmp_path)
+    assert status == 128 + signum, err  # 130 for SIGINT, 143 for SIGTERM, as a shell reports
     sent, invocations, ok, failed, _, _ = summary(out)
     assert sent >= 1
     assert invocations == ok + failed == len(result_lines(out))  # every result was drained
     assert out.rstrip().splitlines()[-1].startswith("summary:")
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pty is POSIX")
+@BACKENDS
+def test_progress_on_a_real_terminal(backend: str) -> None:
+    import pty  # POSIX only
+
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "aioconnector", "demo", "--count", "3", "--interval", "0"]
+    with subprocess.Popen(  # noqa: S603  (this interpreter, fixed arguments)
+        [*command, "--backend", backend], stdout=follower, stderr=subprocess.PIPE, env=program_env()
+    ) as process:
+        os.close(follower)
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the program closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(leader)
+        assert process.wait(timeout=30) == 0
+    out = b"".join(chunks).decode()
+    # The terminal shows "\r\n" line ends; the progress line is redrawn after a "\r".
+    assert "\r\x1b[Kprogress: 3 of 3 events sent, 6 invocations done, 0 failed" in out
+    assert summary(out.replace("\r\n", "\n"))[:4] == (3, 6, 6, 0)
 
 
 def test_main_module_runs_main() -> None:

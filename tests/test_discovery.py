@@ -16,6 +16,7 @@ from aioconnector import (
     ControllerConfig,
     DiscoveryError,
     GatewayUnavailableError,
+    NotAGatewayError,
 )
 
 
@@ -148,6 +149,62 @@ async def test_rejected_credentials_fail_startup_at_once(status: int) -> None:
             pass  # pragma: no cover
     assert anyio.current_time() - start < 5
     assert len(gateway.seen) == 2  # no retries
+
+
+@pytest.mark.parametrize("namespaces", [None, ("team",)])
+async def test_a_404_on_functions_fails_startup_at_once(namespaces: tuple[str] | None) -> None:
+    gateway = MockGateway(namespaces=None, status=404)  # /system/namespaces answers 404 too
+    retries: list[int] = []
+    ctrl = AsyncController(
+        ControllerConfig(
+            gateway_url="http://gateway.test/base", startup_timeout=30, namespaces=namespaces
+        ),
+        transport=gateway.transport(),
+        on_startup_retry=lambda _error, attempt, _delay: retries.append(attempt),
+    )
+    with anyio.fail_after(20), pytest.raises(NotAGatewayError) as exc_info:
+        async with ctrl:
+            pass  # pragma: no cover
+    message = str(exc_info.value)
+    assert "HTTP 404" in message
+    assert "http://gateway.test/base is not an OpenFaaS gateway" in message
+    assert "wrong base path" in message
+    assert ("namespace 'team' does not exist" in message) == (namespaces is not None)
+    assert retries == []
+    assert gateway.paths()[-1].startswith("/base/system/functions")
+    assert len(gateway.seen) == (2 if namespaces is None else 1)  # no retries
+
+
+async def test_startup_retries_are_reported_one_by_one() -> None:
+    gateway = MockGateway(status=503)
+    gateway.functions["openfaas-fn"] = [fn("a", "t")]
+    reports: list[tuple[DiscoveryError, int, float]] = []
+
+    def on_retry(error: DiscoveryError, attempt: int, delay: float) -> None:
+        reports.append((error, attempt, delay))
+        if attempt == 3:
+            gateway.status = 200
+
+    ctrl = AsyncController(
+        ControllerConfig(gateway_url="http://gateway.test", startup_timeout=30),
+        transport=gateway.transport(),
+        on_startup_retry=on_retry,
+    )
+    async with ctrl:
+        assert ctrl.functions_for("t") == ("a.openfaas-fn",)
+    assert [attempt for _, attempt, _ in reports] == [1, 2, 3]
+    assert all("HTTP 503" in str(error) for error, _, _ in reports)
+    delays = [delay for _, _, delay in reports]
+    assert delays == sorted(delays)
+    assert delays[0] > 0
+
+
+def test_on_startup_retry_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="on_startup_retry must be callable"):
+        AsyncController(
+            ControllerConfig(gateway_url="http://gateway.test"),
+            on_startup_retry="print",  # type: ignore[arg-type]
+        )
 
 
 async def test_unreachable_gateway_fails_after_startup_timeout() -> None:

@@ -15,6 +15,7 @@ from ._errors import DiscoveryError as DiscoveryError
 from ._errors import GatewayUnavailableError as GatewayUnavailableError
 from ._errors import InvocationCancelledError as InvocationCancelledError
 from ._errors import InvocationError as InvocationError
+from ._errors import NotAGatewayError as NotAGatewayError
 from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import UpstreamConnectionError as UpstreamConnectionError
 from ._errors import UpstreamStatusError as UpstreamStatusError
@@ -42,6 +43,7 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationError",
     "InvocationResult",
+    "NotAGatewayError",
     "ResponseTooLargeError",
     "ResultStream",
     "RetryPolicy",

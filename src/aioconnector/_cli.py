@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import time
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,9 +25,12 @@ from aioconnector import (
     BasicAuth,
     ConnectorError,
     ControllerConfig,
+    DiscoveryError,
+    GatewayUnavailableError,
     UpstreamStatusError,
     __version__,
 )
+from aioconnector._config import parse_duration
 from aioconnector.testing import FakeGateway, FakeResponse
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -46,9 +50,11 @@ __all__ = ["main"]
 
 _PROG = "aioconnector"
 _REPORTED = (ConnectorError, ValueError, TypeError, OSError)
-_INTERRUPTED = 130
+_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it; SIGTERM gives 128 + 15 = 143
+_UNMATCHED = 2
 _JSON = "application/json"
 _DEFAULT = "default: %(default)s"
+_ERASE_LINE = "\x1b[K"  # ANSI: erase to the end of the line
 
 
 class _CliError(Exception):
@@ -59,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
     0: done; 1: an error (one line on stderr) or, for ``invoke``/``tester``, a failed invocation;
-    2: a usage error, or ``invoke`` matched no function; 130: interrupted by Ctrl-C.
+    2: a usage error, or ``invoke``/``tester`` matched no function; 130: stopped by Ctrl-C
+    (SIGINT), 143: stopped by SIGTERM (``demo`` and ``tester`` print their summary first).
     """
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if (args.username is None) != (args.password_file is None):
-        parser.error("--username and --password-file go together")
+        args.subparser.error("--username and --password-file go together")  # exits 2
     try:
         _check_backend(args.backend)
         config = _config(args)
@@ -79,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(leaf) or type(leaf).__name__
         if isinstance(leaf, AuthenticationError):
             message += "; on the command line: --username NAME --password-file PATH"
+        elif isinstance(leaf, GatewayUnavailableError):
+            message += " To wait longer: --startup-timeout DURATION."
         _err(f"error: {message}")
         return 1
 
@@ -102,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--content-type", metavar="TYPE", help="Content-Type of invocations")
     gw.add_argument("--upstream-timeout", type=_seconds, metavar="S", help="per call; 0: none")
     gw.add_argument("--max-concurrency", type=_count, metavar="N", help="invocations at once")
+    gw.add_argument(
+        "--startup-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="how long to retry the first lookup, e.g. 5s, 1m30s (env startup_timeout; 30s)",
+    )
     gw.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio", help=_DEFAULT)
 
     parser = argparse.ArgumentParser(
@@ -112,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, run: Command, text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, parents=[common], help=text, description=text)
-        command.set_defaults(run=run, json_body=name in ("demo", "tester"))
+        command.set_defaults(run=run, json_body=name in ("demo", "tester"), subparser=command)
         return command
 
     demo = add("demo", _demo, "Emit sample events round-robin over the topics and stream the "
@@ -161,6 +175,16 @@ def _period(text: str) -> float:
     return value
 
 
+def _duration(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a duration > 0, got {text!r}")
+    return value
+
+
 def _header(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     if not colon or not name.strip():
@@ -182,6 +206,7 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         content_type=args.content_type,
         upstream_timeout=args.upstream_timeout or None,
         max_concurrency=args.max_concurrency,
+        startup_timeout=args.startup_timeout,
     )
     if args.upstream_timeout == 0:  # like upstream_timeout=0 in the environment: no timeout
         config = attrs.evolve(config, upstream_timeout=None)
@@ -205,10 +230,12 @@ def _read_body(args: argparse.Namespace) -> bytes:
 
 
 class _Interrupts:
-    """Ctrl-C cancels the innermost stage (e.g. emitting, so results still drain), then all."""
+    """Ctrl-C (or SIGTERM) cancels the innermost stage (e.g. emitting, so results still drain),
+    then all; the exit status is 128 + the first signal's number, as a shell reports it."""
 
     def __init__(self, outer: anyio.CancelScope) -> None:
         self.count = 0
+        self.status = _INTERRUPTED
         self._scopes = [outer]
 
     @contextmanager
@@ -224,12 +251,16 @@ class _Interrupts:
     async def watch(self, *, task_status: TaskStatus[None]) -> None:
         with ExitStack() as stack:
             try:
-                signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT))
+                signals = stack.enter_context(
+                    anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+                )
             except (NotImplementedError, RuntimeError, ValueError):
                 task_status.started()  # not the main thread, or no signal support:
                 return  # Ctrl-C stays a KeyboardInterrupt
             task_status.started()
-            async for _ in signals:
+            async for signum in signals:
+                if not self.count:
+                    self.status = 128 + signum
                 self.count += 1
                 scopes = self._scopes
                 (scopes.pop() if len(scopes) > 1 else scopes[0]).cancel()
@@ -242,11 +273,20 @@ async def _run(command: Command, args: argparse.Namespace, config: ControllerCon
         await tg.start(interrupts.watch)
         status = await command(args, config, interrupts)
         tg.cancel_scope.cancel()
-    return _INTERRUPTED if interrupts.count else status
+    return interrupts.status if interrupts.count else status
+
+
+def _controller(config: ControllerConfig) -> AsyncController:
+    return AsyncController(config, on_startup_retry=_report_retry)
+
+
+def _report_retry(error: DiscoveryError, attempt: int, delay: float) -> None:
+    _err(f"gateway not ready (attempt {attempt}): {error}; retrying in {delay:.1f}s")
 
 
 async def _demo(args: argparse.Namespace, config: ControllerConfig, stop: _Interrupts) -> int:
     tally = _Tally()
+    output = _Output(tally, args.count)
     try:
         async with AsyncExitStack() as stack:
             if args.gateway is None:  # the built-in fake, whatever gateway_url the env has
@@ -254,18 +294,20 @@ async def _demo(args: argparse.Namespace, config: ControllerConfig, stop: _Inter
                 _out(f"demo: a fake OpenFaaS gateway at {url} (use --gateway URL for a real one)")
                 config = attrs.evolve(config, gateway_url=url)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            async with AsyncController(config) as controller:
+            async with _controller(config) as controller:
                 topics = sorted(controller.topics())
                 if not topics:
                     raise _CliError(f"no topics on {config.gateway_url}: no function has one")
                 _print_topics(controller)
                 tally.started = True
-                tg.start_soon(_print_results, controller.results(), tally)
-                ticker = await tg.start(_print_stats, controller, tally, args.stats_interval)
+                output.start()
+                tg.start_soon(_print_results, controller.results(), output)
+                ticker = await tg.start(_print_stats, controller, output, args.stats_interval)
                 with stop.stage():
-                    await _emit(controller, topics, args, tally)
+                    await _emit(controller, topics, args, output)
             ticker.cancel()  # the results stream ends by itself once the controller has exited
     finally:
+        output.close()
         if tally.started:
             _out(tally.summary())
     return 0
@@ -295,8 +337,9 @@ def _every_nth_fails(n: int) -> Handler:
 
 
 async def _emit(
-    controller: AsyncController, topics: list[str], args: argparse.Namespace, tally: _Tally
+    controller: AsyncController, topics: list[str], args: argparse.Namespace, output: _Output
 ) -> None:
+    tally = output.tally
     next_at = anyio.current_time()
     while args.count is None or tally.sent < args.count:
         if tally.sent:
@@ -307,18 +350,19 @@ async def _emit(
         event = json.dumps({"id": n, "topic": topic, "sent_at": _now()})
         await controller.submit(topic, event, headers={"X-Message-Id": str(n)})
         tally.sent = n
+        output.update()
 
 
-async def _print_results(results: ResultStream, tally: _Tally) -> None:
+async def _print_results(results: ResultStream, output: _Output) -> None:
     async with results:
         async for result in results:
-            tally.add(result)
-            _out(_result_line(result))
+            output.tally.add(result)
+            output.line(_result_line(result))
 
 
 async def _print_stats(
     controller: AsyncController,
-    tally: _Tally,
+    output: _Output,
     interval: float,
     *,
     task_status: TaskStatus[anyio.CancelScope],
@@ -331,17 +375,19 @@ async def _print_stats(
             stats, now = controller.stats(), anyio.current_time()
             rate = (stats.invocations_started - last_count) / (now - last_time)
             last_time, last_count = now, stats.invocations_started
-            _out(
+            output.line(
                 f"stats: {rate:.1f} invocations/s, {stats.in_flight} in flight, "
-                f"{stats.invocations_failed} failed, {tally.sent} events sent"
+                f"{stats.invocations_failed} failed, {output.tally.sent} events sent"
             )
 
 
 async def _tester(args: argparse.Namespace, config: ControllerConfig, stop: _Interrupts) -> int:
     tally = _Tally()
+    output = _Output(tally, args.count)
     try:
-        async with AsyncController(config) as controller:
+        async with _controller(config) as controller:
             tally.started = True
+            output.start()
             with stop.stage():
                 while args.count is None or tally.sent < args.count:
                     if tally.sent:
@@ -353,18 +399,23 @@ async def _tester(args: argparse.Namespace, config: ControllerConfig, stop: _Int
                     )
                     tally.sent = n
                     if not results:
+                        output.clear()
                         _warn_unmatched(args.topic, controller, "warning: ")
                     for result in results:
                         tally.add(result)
-                        _out(_result_line(result, body=80))
+                        output.line(_result_line(result, body=80))
+                    output.update()
     finally:
+        output.close()
         if tally.started:
             _out(tally.summary())
-    return 1 if tally.failed else 0
+    if tally.failed:
+        return 1
+    return _UNMATCHED if tally.sent and not tally.invocations else 0
 
 
 async def _topics(args: argparse.Namespace, config: ControllerConfig, _: _Interrupts) -> int:
-    async with AsyncController(config) as controller:
+    async with _controller(config) as controller:
         if args.json:
             routes = {t: sorted(controller.functions_for(t)) for t in sorted(controller.topics())}
             _out(json.dumps(routes, indent=2))
@@ -376,7 +427,7 @@ async def _topics(args: argparse.Namespace, config: ControllerConfig, _: _Interr
 
 
 async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interrupts) -> int:
-    async with AsyncController(config) as controller:
+    async with _controller(config) as controller:
         headers = dict(args.header or ())
         results = await controller.invoke(args.topic, args.body, headers=headers)
         if not results:
@@ -389,7 +440,7 @@ async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interr
             if result.body:
                 _out(result.body.decode(errors="replace").rstrip("\n"))
     if not results:
-        return 2
+        return _UNMATCHED
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -419,6 +470,60 @@ class _Tally:
             f"summary: {self.sent} events sent, {self.invocations} invocations, "
             f"{self.invocations - self.failed} ok, {self.failed} failed, "
             f"duration mean {mean * 1000:.1f} ms, max {self.max_time * 1000:.1f} ms"
+        )
+
+
+class _Output:
+    """The result lines of ``demo``/``tester`` on stdout. On a terminal, with ``--count``, a
+    progress line stays below them, redrawn in place; elsewhere (a pipe, a file) only lines."""
+
+    def __init__(self, tally: _Tally, total: int | None) -> None:
+        self.tally = tally
+        self._total = total
+        self._live = total is not None and sys.stdout.isatty()
+        self._shown = False
+        self._since = time.monotonic()
+
+    def start(self) -> None:
+        """Count the rate from now (the gateway answered)."""
+        self._since = time.monotonic()
+        self.update()
+
+    def line(self, text: str) -> None:
+        if self._live:
+            self.clear()
+            sys.stdout.write(f"{text}\n")
+            self.update()
+        else:
+            _out(text)
+
+    def update(self) -> None:
+        if self._live:
+            sys.stdout.write(f"\r{_ERASE_LINE}{self._progress()}")
+            sys.stdout.flush()
+            self._shown = True
+
+    def clear(self) -> None:
+        """Take the progress line away (before writing something else to the terminal)."""
+        if self._shown:
+            sys.stdout.write(f"\r{_ERASE_LINE}")
+            sys.stdout.flush()
+            self._shown = False
+
+    def close(self) -> None:
+        """Leave the final progress line in place, ended by a newline."""
+        if self._shown:
+            self.update()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self._shown = self._live = False
+
+    def _progress(self) -> str:
+        tally = self.tally
+        rate = tally.invocations / max(time.monotonic() - self._since, 1e-3)
+        return (
+            f"progress: {tally.sent} of {self._total} events sent, {tally.invocations} "
+            f"invocations done, {tally.failed} failed, {rate:.1f} invocations/s"
         )
 
 

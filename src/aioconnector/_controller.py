@@ -108,13 +108,24 @@ class AsyncController(anyio.AsyncContextManagerMixin):
 
     ``transport`` replaces the HTTP transport for lookups and invocations alike: pass an
     ``httpx.MockTransport``, ``FakeGateway.transport()`` or any ``httpx.AsyncBaseTransport``.
+
+    ``on_startup_retry(error, attempt, delay)`` is called after each failed lookup while
+    entering: the `DiscoveryError`, the attempt's number (1 for the first) and the seconds until
+    the next one; use it to tell a person what is happening. It must not block.
     """
 
     def __init__(
-        self, config: ControllerConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: ControllerConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_startup_retry: Callable[[DiscoveryError, int, float], None] | None = None,
     ) -> None:
+        if on_startup_retry is not None and not callable(on_startup_retry):
+            raise TypeError(f"on_startup_retry must be callable, got {on_startup_retry!r}")
         self._config = config
         self._transport = transport
+        self._on_startup_retry = on_startup_retry
         self._state = _State.NEW
         self._map = TopicMap.EMPTY
         self._slots = Slots(config.max_concurrency)
@@ -158,7 +169,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     anyio.create_task_group() as tg,
                 ):
                     discovery = Discovery(client, self._config)
-                    self._install(await discovery.fetch_at_startup())
+                    self._install(await discovery.fetch_at_startup(self._on_startup_retry))
                     refresher = _Refresher(self, discovery)
                     invoker = self._invoker_for(client)
                     run_job = functools.partial(self._fan_out, holding=True)  # no wrapper frame

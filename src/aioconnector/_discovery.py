@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import TYPE_CHECKING, final
 
 import anyio
 import httpx
 
-from ._errors import AuthenticationError, DiscoveryError, GatewayUnavailableError, describe
+from ._errors import (
+    AuthenticationError,
+    DiscoveryError,
+    GatewayUnavailableError,
+    NotAGatewayError,
+    describe,
+)
 from ._topics import TopicMap, parse_functions, parse_namespaces
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._config import ControllerConfig
+
+    # Told of each failed startup lookup: the error, the attempt (1 first), seconds to the next.
+    StartupRetryHook = Callable[[DiscoveryError, int, float], None]
 
 __all__ = ["Discovery"]
 
@@ -47,6 +59,8 @@ class Discovery:
         for namespace in namespaces:
             params = None if namespace is None else {"namespace": namespace}
             response = await self._request("/system/functions", params)
+            if response.status_code == 404:
+                raise self._not_a_gateway(namespace)
             payload = _content(response, "/system/functions")
             parsed = parse_functions(
                 payload, namespace=namespace, delimiter=self._config.topic_delimiter
@@ -56,20 +70,25 @@ class Discovery:
         self._report_skipped(frozenset(skipped))
         return TopicMap.build(routes)
 
-    async def fetch_at_startup(self) -> TopicMap:
-        """Retry `fetch` with backoff until ``startup_timeout``; 401/403 end it at once."""
+    async def fetch_at_startup(self, on_retry: StartupRetryHook | None = None) -> TopicMap:
+        """Retry `fetch` with backoff until ``startup_timeout``; 401/403 and a 404 on
+        ``/system/functions`` end it at once (they are never transient)."""
         timeout = self._config.startup_timeout
         delay = _STARTUP_FIRST_DELAY
         last: DiscoveryError | None = None
         with anyio.move_on_after(timeout):
-            while True:
+            for attempt in itertools.count(1):
                 try:
                     return await self.fetch()
-                except AuthenticationError:
+                except (AuthenticationError, NotAGatewayError):
                     raise
                 except DiscoveryError as exc:
                     last = exc
-                    logger.info("gateway not ready (%s); retrying in %.1fs", exc, delay)
+                    logger.info(
+                        "gateway not ready (attempt %d: %s); retrying in %.1fs", attempt, exc, delay
+                    )
+                    if on_retry is not None:
+                        on_retry(exc, attempt, delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, _STARTUP_MAX_DELAY)
         raise GatewayUnavailableError(
@@ -77,6 +96,14 @@ class Discovery:
             f"startup_timeout={timeout}s; last error: {last or 'lookup still running'}. "
             "Check that gateway_url points at the OpenFaaS gateway and that it is up."
         ) from last
+
+    def _not_a_gateway(self, namespace: str | None) -> NotAGatewayError:
+        query = "" if namespace is None else f"?namespace={namespace}"
+        also = "" if namespace is None else f", or namespace {namespace!r} does not exist"
+        return NotAGatewayError(
+            f"GET /system/functions{query} answered HTTP 404: {self._base} is not an OpenFaaS "
+            f"gateway, or gateway_url has a wrong base path{also}"
+        )
 
     async def _namespaces(self) -> tuple[str | None, ...]:
         response = await self._request("/system/namespaces", None)

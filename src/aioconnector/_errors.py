@@ -6,6 +6,7 @@
      ├── ControllerStateError (also RuntimeError)   controller not entered, closing, or reused
      ├── DiscoveryError                             a /system/* lookup failed
      │    ├── AuthenticationError                   the gateway answered 401/403: fix credentials
+     │    ├── NotAGatewayError                      /system/functions answered 404: wrong URL
      │    └── GatewayUnavailableError               no topic map within startup_timeout
      └── InvocationError                            one invocation did not succeed; carried in
           │                                         InvocationResult.error, never raised by invoke()
@@ -33,6 +34,7 @@ __all__ = [
     "GatewayUnavailableError",
     "InvocationCancelledError",
     "InvocationError",
+    "NotAGatewayError",
     "ResponseTooLargeError",
     "UpstreamConnectionError",
     "UpstreamStatusError",
@@ -54,6 +56,11 @@ class DiscoveryError(ConnectorError):
 
 class AuthenticationError(DiscoveryError):
     """The gateway rejected the credentials (HTTP 401 or 403) on ``/system/*``."""
+
+
+class NotAGatewayError(DiscoveryError):
+    """``/system/functions`` answered HTTP 404: ``gateway_url`` does not point at an OpenFaaS
+    gateway (another server, or a wrong base path). Never retried: a 404 is not transient."""
 
 
 class GatewayUnavailableError(DiscoveryError):
