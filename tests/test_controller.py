@@ -6,7 +6,6 @@ import anyio
 import pytest
 
 from aioconnector import (
-    MAX_TOPIC_LENGTH,
     BasicAuth,
     InvocationResult,
     ResponseTooLargeError,
@@ -14,6 +13,7 @@ from aioconnector import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from aioconnector._message import MAX_TOPIC_LENGTH
 from aioconnector.testing import FakeResponse, RecordedRequest
 
 from .helpers import Wire
@@ -261,7 +261,7 @@ async def test_topic_longer_than_the_limit_is_refused_before_acceptance(wire: Wi
         (result,) = await controller.invoke(longest, b"x")
         assert result.ok
         for call in (controller.invoke, controller.submit):
-            with pytest.raises(ValueError, match=f"longer than MAX_TOPIC_LENGTH={MAX_TOPIC_LENGTH}"):
+            with pytest.raises(ValueError, match=f"over the limit of {MAX_TOPIC_LENGTH}"):
                 await call(longest + "t", b"x")
         stats = controller.stats()
     assert (stats.messages, stats.invocations_started) == (1, 1)

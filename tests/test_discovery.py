@@ -27,7 +27,7 @@ class Endless(httpx.AsyncByteStream):
         self.produced = 0
         self.closed = False
 
-    def __aiter__(self) -> Endless:  # type: ignore[override]  # an iterator, not a generator
+    def __aiter__(self) -> Endless:  # an iterator, not a generator: nothing left to close
         return self
 
     async def __anext__(self) -> bytes:

@@ -19,8 +19,6 @@ from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import UpstreamConnectionError as UpstreamConnectionError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
-from ._fastpath._connection import MAX_RESPONSE_HEAD_BYTES as MAX_RESPONSE_HEAD_BYTES
-from ._message import MAX_TOPIC_LENGTH as MAX_TOPIC_LENGTH
 from ._results import InvocationResult as InvocationResult
 from ._results import ResultStream as ResultStream
 from ._retry import RetryPolicy as RetryPolicy
@@ -44,8 +42,6 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationError",
     "InvocationResult",
-    "MAX_RESPONSE_HEAD_BYTES",
-    "MAX_TOPIC_LENGTH",
     "ResponseTooLargeError",
     "ResultStream",
     "RetryPolicy",

@@ -13,7 +13,7 @@
           ├── UpstreamTimeoutError (also TimeoutError)  no answer within upstream_timeout
           ├── UpstreamConnectionError (also ConnectionError)  could not connect, or connection lost
           ├── ResponseTooLargeError                 body over max_response_bytes, or head
-          │                                         over MAX_RESPONSE_HEAD_BYTES
+          │                                         over 100 KiB
           └── InvocationCancelledError              cancelled by shutdown after drain_timeout
 
 Invalid arguments raise the builtin ``ValueError`` or ``TypeError`` at the call site.
@@ -92,7 +92,7 @@ class UpstreamConnectionError(InvocationError, ConnectionError):
 
 class ResponseTooLargeError(InvocationError):
     """The response body was larger than ``max_response_bytes``, or its head (status line and
-    headers) larger than ``MAX_RESPONSE_HEAD_BYTES`` (100 KiB); it was not kept."""
+    headers, through the blank line) larger than 100 KiB; it was not kept."""
 
 
 class InvocationCancelledError(InvocationError):

@@ -184,9 +184,10 @@ def finish(
 def _lost(function: str, exc: httpx.TransportError) -> InvocationError:
     """The error for a request that was sent and got no complete answer."""
     if isinstance(exc, httpx.RemoteProtocolError) and "Receive buffer too long" in str(exc):
-        # h11's words for a head over httpcore's 100 KiB, our MAX_RESPONSE_HEAD_BYTES (checked
-        # between reads of up to 64 KiB there, so not to the byte).
-        return ResponseTooLargeError(f"{function}: response head too large ({exc})")
+        # h11's words for a head over httpcore's 100 KiB, the fast path's MAX_RESPONSE_HEAD_BYTES
+        # too (httpcore checks between reads of up to 64 KiB, so not to the byte). Not imported:
+        # _fastpath imports this module; a test checks that both messages agree.
+        return ResponseTooLargeError("response head over the limit of 102400 bytes")
     return UpstreamConnectionError(f"{function}: {describe(exc)}", request_sent=True)
 
 

@@ -35,7 +35,7 @@ def topic_problem(topic: str) -> str | None:
     if not topic:
         return "must not be empty"
     if len(topic) > MAX_TOPIC_LENGTH:
-        return f"is longer than MAX_TOPIC_LENGTH={MAX_TOPIC_LENGTH} characters ({len(topic)})"
+        return f"is {len(topic)} characters long, over the limit of {MAX_TOPIC_LENGTH}"
     if _TOPIC_CONTROL.search(topic):
         return "must not contain control characters (CR, LF, ...)"
     if not topic.isascii():

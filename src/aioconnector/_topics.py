@@ -103,7 +103,7 @@ def parse_functions(
     """Parse ``GET /system/functions`` into ``(address, topics)`` routes.
 
     Malformed items, unsafe names and topics that ``invoke`` would refuse (not ASCII, control
-    characters, longer than ``MAX_TOPIC_LENGTH``) are reported in ``skipped``, never raised:
+    characters, longer than 1024 characters) are reported in ``skipped``, never raised:
     one odd function must not stop the connector from serving all the others.
     """
     if not delimiter:

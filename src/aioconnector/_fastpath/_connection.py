@@ -96,7 +96,7 @@ class Connection:
             return buffer[: match.start() + 1]
         if len(buffer) >= MAX_RESPONSE_HEAD_BYTES:
             raise ResponseTooLargeError(
-                f"response head exceeds MAX_RESPONSE_HEAD_BYTES={MAX_RESPONSE_HEAD_BYTES}"
+                f"response head over the limit of {MAX_RESPONSE_HEAD_BYTES} bytes"
             )
         return None
 
