@@ -123,6 +123,7 @@ def test_defaults() -> None:
     assert config.startup_timeout == 30.0
     assert config.drain_timeout == 10.0
     assert config.max_response_bytes == 16 * 1024 * 1024
+    assert config.max_lookup_bytes == 32 * 1024 * 1024
 
 
 def test_keyword_only_and_gateway_required() -> None:
@@ -222,6 +223,8 @@ BAD_VALUES: list[tuple[str, object, type[Exception]]] = [
     ("result_buffer", None, TypeError),
     ("max_response_bytes", -1, ValueError),
     ("max_response_bytes", "1", TypeError),
+    ("max_lookup_bytes", 0, ValueError),
+    ("max_lookup_bytes", 1.5, TypeError),
 ]
 
 
@@ -310,6 +313,7 @@ def test_from_env_every_variable(tmp_path: Path) -> None:
         "max_concurrency": "8",
         "result_buffer": "16",
         "max_response_bytes": "1024",
+        "max_lookup_bytes": "4096",
         "unrelated": "ignored",
     }
     config = ControllerConfig.from_env(env)
@@ -331,6 +335,7 @@ def test_from_env_every_variable(tmp_path: Path) -> None:
         max_concurrency=8,
         result_buffer=16,
         max_response_bytes=1024,
+        max_lookup_bytes=4096,
     )
 
 
@@ -401,6 +406,7 @@ def test_from_env_missing_secret_names_path(tmp_path: Path) -> None:
         ("max_concurrency", "0", "must be an int >= 1, got 0"),
         ("result_buffer", "1.5", "invalid integer"),
         ("max_response_bytes", "-1", "got -1"),
+        ("max_lookup_bytes", "0", "max_lookup_bytes must be an int >= 1, got 0"),
         ("gateway_url", "http://a:b@gw", "credentials=BasicAuth"),
         ("gateway_url", "gateway", "http"),
         ("callback_url", "nowhere", "http"),

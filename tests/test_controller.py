@@ -13,6 +13,7 @@ from aioconnector import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from aioconnector._message import MAX_TOPIC_LENGTH
 from aioconnector.testing import FakeResponse, RecordedRequest
 
 from .helpers import Wire
@@ -235,3 +236,33 @@ async def test_handler_sees_message_and_answers(wire: Wire) -> None:
         (result,) = await controller.invoke("t", "abc")
     assert result.body == b"ABC"
     assert seen[0].function == "upper.openfaas-fn"
+
+
+async def test_only_routed_topics_keep_their_merged_headers(wire: Wire) -> None:
+    wire.gateway.add_function("echo", topics="orders")
+    async with wire.controller() as controller:
+        # Topics from the message source that match nothing must not pile up in memory.
+        for index in range(300):
+            assert await controller.invoke(f"nobody-{index}-" + "x" * 900, b"") == ()
+            assert await controller.submit(f"nobody-else-{index}", b"") == 0
+        cache = controller._topic_headers
+        assert len(cache) == 0
+        (result,) = await controller.invoke("orders", b"x")
+        assert result.ok
+        assert list(cache) == ["orders"]
+        assert controller.stats().unmatched_messages == 600
+
+
+async def test_topic_longer_than_the_limit_is_refused_before_acceptance(wire: Wire) -> None:
+    longest = "t" * MAX_TOPIC_LENGTH
+    wire.gateway.add_function("echo", topics=[longest])
+    async with wire.controller() as controller:
+        assert controller.topics() == {longest}
+        (result,) = await controller.invoke(longest, b"x")
+        assert result.ok
+        for call in (controller.invoke, controller.submit):
+            with pytest.raises(ValueError, match=f"over the limit of {MAX_TOPIC_LENGTH}"):
+                await call(longest + "t", b"x")
+        stats = controller.stats()
+    assert (stats.messages, stats.invocations_started) == (1, 1)
+    assert len(wire.gateway.invocations()) == 1

@@ -20,6 +20,29 @@ from aioconnector import (
 )
 
 
+class Endless(httpx.AsyncByteStream):
+    """A body that never ends (chunked), or that declares ``length`` bytes; counts what it made."""
+
+    def __init__(self, length: int | None = None) -> None:
+        self.headers = {} if length is None else {"Content-Length": str(length)}
+        self.produced = 0
+        self.closed = False
+
+    def __aiter__(self) -> Endless:  # an iterator, not a generator: nothing left to close
+        return self
+
+    async def __anext__(self) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        self.produced += len(CHUNK)
+        return CHUNK
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+CHUNK = b" " * 65536
+
+
 @attrs.define
 class MockGateway:
     """A scriptable /system/* API: what it answers can change between requests."""
@@ -29,6 +52,7 @@ class MockGateway:
     status: int = 200  # for /system/functions
     body: bytes | None = None  # raw body for /system/functions, overriding `functions`
     hang: float = 0.0
+    stream: Endless | None = None  # streamed body for /system/functions, overriding the rest
     seen: list[httpx.Request] = attrs.Factory(list)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
@@ -41,6 +65,8 @@ class MockGateway:
         if path.endswith("/system/functions"):
             if self.hang:
                 await anyio.sleep(self.hang)
+            if self.stream is not None:
+                return httpx.Response(200, headers=self.stream.headers, stream=self.stream)
             if self.status != 200:
                 return httpx.Response(self.status, text="error")
             if self.body is not None:
@@ -281,3 +307,58 @@ async def test_background_refresh_picks_up_changes_and_survives_failures() -> No
         assert stats.last_refresh_error is None
         assert stats.refreshes >= 2
         assert stats.last_refresh is not None
+
+
+async def test_topics_invoke_would_refuse_are_never_listed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = MockGateway()
+    gateway.functions["openfaas-fn"] = [fn("a", "re\u00e7u, ok"), fn("b", "re\u00e7u")]
+    async with controller(gateway) as ctrl:
+        await ctrl.refresh()
+        await ctrl.refresh()
+        assert ctrl.topics() == {"ok"}
+        for topic in ctrl.topics():
+            (result,) = await ctrl.invoke(topic, b"x")
+            assert result.ok
+        with pytest.raises(ValueError, match="must be ASCII"):
+            await ctrl.invoke("re\u00e7u", b"x")
+    # Once for the map that skipped them, not on every refresh.
+    assert caplog.text.count("skipped 2 function(s) or topic(s)") == 1
+    assert "'a': topic 're\u00e7u' must be ASCII" in caplog.text
+
+
+# Stopping midway leaves httpx's nested body iterators unclosed (httpx's doing, as in
+# test_fastpath.py's HttpxInvoker tests); trio warns about that when they are collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("length", [None, 10**12], ids=["endless chunked", "content-length"])
+async def test_lookup_response_over_the_byte_cap_fails_the_refresh(length: int | None) -> None:
+    gateway = MockGateway()
+    gateway.functions["openfaas-fn"] = [fn("a", "t")]
+    limit = 1024 * 1024
+    async with controller(gateway, max_lookup_bytes=limit) as ctrl:
+        gateway.stream = body = Endless(length)
+        with anyio.fail_after(10), pytest.raises(DiscoveryError) as caught:
+            await ctrl.refresh()
+        assert ctrl.functions_for("t") == ("a.openfaas-fn",)  # the last map is kept
+        assert f"max_lookup_bytes={limit}" in ctrl.stats().last_refresh_error  # type: ignore[operator]
+    assert f"over max_lookup_bytes={limit}" in str(caught.value)
+    assert "env variable max_lookup_bytes" in str(caught.value)
+    assert body.closed
+    # Reading stopped at the cap (and a declared length too large was not read at all).
+    assert body.produced == (0 if length else limit + len(CHUNK))
+
+
+@pytest.mark.parametrize("spare", [0, -1])
+async def test_lookup_byte_cap_is_exact(spare: int) -> None:
+    gateway = MockGateway()
+    gateway.body = json.dumps([fn("a", "t")]).encode()
+    size = len(gateway.body)
+    ctrl = controller(gateway, max_lookup_bytes=size + spare, startup_timeout=0.5)
+    if spare == 0:
+        async with ctrl:
+            assert ctrl.topics() == {"t"}
+    else:
+        with pytest.raises(GatewayUnavailableError, match=f"max_lookup_bytes={size - 1}"):
+            async with ctrl:
+                pass

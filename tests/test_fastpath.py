@@ -27,7 +27,7 @@ from aioconnector._errors import (
 )
 from aioconnector._fastpath import FastInvoker
 from aioconnector._fastpath import _invoker as invoker_module
-from aioconnector._fastpath._connection import Connection
+from aioconnector._fastpath._connection import MAX_RESPONSE_HEAD_BYTES, Connection
 from aioconnector._fastpath._parse import (
     BLANK_LINE,
     CHUNKED,
@@ -646,12 +646,54 @@ async def test_garbage_response() -> None:
     assert result.status is None
 
 
-async def test_head_too_large_is_malformed() -> None:
+def head_of(size: int) -> bytes:
+    """A response head of exactly ``size`` bytes, its closing blank line included."""
+    start, end = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Filler: ", b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+@pytest.mark.parametrize("piece", [10**6, 65537, 4096], ids=["at once", "64k+1", "4k"])
+@pytest.mark.parametrize("spare", [1, 0, -1], ids=["limit-1", "limit", "limit+1"])
+async def test_head_limit_is_exact(spare: int, piece: int) -> None:
+    """Whatever the reads, the limit counts the head's bytes through its blank line."""
+    response = head_of(MAX_RESPONSE_HEAD_BYTES - spare) + b"ok"
+
+    async def handle(peer: Peer) -> None:
+        while await peer.request() is not None:
+            for start in range(0, len(response), piece):
+                await peer.send(response[start : start + piece])
+
+    async with raw_server(handle) as server, fast(server.url) as invoker:
+        with anyio.fail_after(WAIT):
+            result = await result_of(invoker, invocation())
+    if spare >= 0:
+        assert (result.ok, result.body) == (True, b"ok")
+    else:
+        assert isinstance(result.error, ResponseTooLargeError)
+        assert f"over the limit of {MAX_RESPONSE_HEAD_BYTES} bytes" in str(result.error)
+        assert result.status is None
+
+
+async def test_head_too_large_discards_the_connection() -> None:
     huge = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 200_000 + b"\r\n\r\n"
     async with raw_server(keep_answering(huge)) as server, fast(server.url) as invoker:
         with anyio.fail_after(WAIT):
-            result = await result_of(invoker, invocation())
-    assert isinstance(result.error, UpstreamConnectionError)
+            first = await result_of(invoker, invocation())
+            second = await result_of(invoker, invocation())
+    assert isinstance(first.error, ResponseTooLargeError)
+    assert isinstance(second.error, ResponseTooLargeError)
+    assert server.connections == 2
+
+
+async def test_head_too_large_is_the_same_error_through_httpx() -> None:
+    # httpcore has the same limit but checks it between reads: exact only on the fast path.
+    huge = head_of(2 * MAX_RESPONSE_HEAD_BYTES) + b"ok"
+    async with raw_server(keep_answering(huge)) as server:
+        with anyio.fail_after(WAIT):
+            slow, quick = await both(server.url)
+    assert isinstance(slow.error, ResponseTooLargeError)
+    assert str(slow.error) == str(quick.error)
+    assert outcome(quick) == outcome(slow)
 
 
 async def test_unexpected_switching_protocols() -> None:

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aioconnector._errors import DiscoveryError
+from aioconnector._message import MAX_TOPIC_LENGTH, check_topic
 from aioconnector._topics import (
     SAFE_NAME_RE,
     ParsedFunctions,
@@ -117,6 +118,34 @@ def test_unsafe_names_skipped_and_reported(name: str) -> None:
     assert repr(name)[:20] in parsed.skipped[0]
     assert "\n" not in parsed.skipped[0]
     assert "\x00" not in parsed.skipped[0]
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [
+        ("re\u00e7u", "must be ASCII"),
+        ("caf\u00e9 au lait", "must be ASCII"),
+        ("tab\tinside", "control characters"),
+        ("x" * (MAX_TOPIC_LENGTH + 1), f"over the limit of {MAX_TOPIC_LENGTH}"),
+    ],
+)
+def test_topics_invoke_would_refuse_are_skipped_and_reported(topic: str, reason: str) -> None:
+    parsed = parse([function("fn", f"ok,{topic},x" + "y" * (MAX_TOPIC_LENGTH - 1))])
+    assert parsed.routes == (("fn.openfaas-fn", ("ok", "x" + "y" * (MAX_TOPIC_LENGTH - 1))),)
+    (entry,) = parsed.skipped
+    assert entry.startswith("'fn': topic ")
+    assert reason in entry
+    assert len(entry) < 200
+    for routed in parsed.routes[0][1]:
+        check_topic(routed)  # what invoke() checks
+    with pytest.raises(ValueError, match=reason):
+        check_topic(topic)
+
+
+def test_function_whose_only_topic_is_refused_is_not_routed() -> None:
+    parsed = parse([function("fn", "re\u00e7u")])
+    assert parsed.routes == ()
+    assert len(parsed.skipped) == 1
 
 
 def test_unsafe_name_without_topics_is_not_reported() -> None:

@@ -226,6 +226,9 @@ class ControllerConfig:
     startup_timeout: float = _float(30.0)
     drain_timeout: float = _float(10.0, strict=False)
     max_response_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive_int)
+    # Per /system/* response. A function's entry is 1-2 KB: 32 MiB is 16,000+ functions in one
+    # namespace, far beyond real catalogues, and bounds what a broken gateway can make us hold.
+    max_lookup_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_positive_int)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_instance(RetryPolicy))
     # Credentials go to /system/* only, unless the gateway also protects functions.
     auth_invocations: bool = attrs.field(default=False, validator=_instance(bool))
@@ -358,5 +361,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     **dict.fromkeys(("auth_invocations", "verify_tls"), parse_bool),
     **dict.fromkeys(("ca_bundle", "client_cert", "client_key"), str.strip),
     "namespaces": _parse_names,
-    **dict.fromkeys(("max_concurrency", "result_buffer", "max_response_bytes"), _parse_int),
+    **dict.fromkeys(
+        ("max_concurrency", "result_buffer", "max_response_bytes", "max_lookup_bytes"), _parse_int
+    ),
 }

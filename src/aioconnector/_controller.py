@@ -51,7 +51,7 @@ logger = logging.getLogger("aioconnector")
 # After drain_timeout, cancelled invocations get this long to hand their results to subscribers.
 _CANCEL_GRACE = 5.0
 _REFRESH_RETRY_FIRST = 1.0
-_TOPIC_HEADERS_CACHE = 1024  # topics whose merged headers are kept (all dropped when full)
+_TOPIC_HEADERS_CACHE = 1024  # routed topics whose merged headers are kept (all dropped when full)
 
 
 class _State(enum.Enum):
@@ -327,13 +327,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     ) -> tuple[Invocation, tuple[str, ...]]:
         # A topic seen before without extra headers: checked then, its headers merged then.
         merged = self._topic_headers.get(topic) if headers is None and type(topic) is str else None
+        cache = False
         if merged is None:
             topic = check_topic(topic)
             merged = merge_headers(self._base_headers, topic, headers)
-            if headers is None:
-                if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
-                    self._topic_headers.clear()
-                self._topic_headers[topic] = merged
+            cache = headers is None
         payload = coerce_body(body)
         if self._state is not _State.RUNNING:
             raise ControllerStateError(
@@ -345,6 +343,12 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._counts.messages += 1
         if not functions:
             self._counts.unmatched += 1
+        elif cache:
+            # Only routed topics are kept: they come from the gateway, not from the message
+            # source, so a source sending endless distinct topics cannot grow the cache.
+            if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
+                self._topic_headers.clear()
+            self._topic_headers[topic] = merged
         # The invocation of the first function; `_for_function` makes the others from it.
         first = Invocation(
             topic=topic,

@@ -58,10 +58,10 @@ class Discovery:
         skipped: set[str] = set()
         for namespace in namespaces:
             params = None if namespace is None else {"namespace": namespace}
-            response = await self._request("/system/functions", params)
-            if response.status_code == 404:
+            status, payload = await self._request("/system/functions", params)
+            if status == 404:
                 raise self._not_a_gateway(namespace)
-            payload = _content(response, "/system/functions")
+            _check_status(status, "/system/functions")
             parsed = parse_functions(
                 payload, namespace=namespace, delimiter=self._config.topic_delimiter
             )
@@ -106,21 +106,45 @@ class Discovery:
         )
 
     async def _namespaces(self) -> tuple[str | None, ...]:
-        response = await self._request("/system/namespaces", None)
-        if response.status_code == 404:  # an older gateway without namespace support
+        status, payload = await self._request("/system/namespaces", None)
+        if status == 404:  # an older gateway without namespace support
             return (None,)
-        return parse_namespaces(_content(response, "/system/namespaces")) or (None,)
+        _check_status(status, "/system/namespaces")
+        return parse_namespaces(payload) or (None,)
 
-    async def _request(self, path: str, params: dict[str, str] | None) -> httpx.Response:
+    async def _request(self, path: str, params: dict[str, str] | None) -> tuple[int, bytes]:
+        """The status and, for a 2xx answer, the body (else ``b""``) of ``GET path``."""
         timeout = self._config.lookup_timeout
+        url = self._base + path
         try:
             with anyio.fail_after(timeout):
-                response = await self._client.get(self._base + path, params=params, auth=self._auth)
+                async with self._client.stream("GET", url, params=params, auth=self._auth) as r:
+                    status = r.status_code
+                    self._check_auth(status, path)
+                    payload = await self._read(r, path) if 200 <= status < 300 else b""
         except TimeoutError:
             raise DiscoveryError(f"GET {path} timed out after lookup_timeout={timeout}s") from None
         except httpx.HTTPError as exc:
             raise DiscoveryError(f"GET {path} failed: {describe(exc)}") from exc
-        status = response.status_code
+        return status, payload
+
+    async def _read(self, response: httpx.Response, path: str) -> bytes:
+        """The body, failing as soon as it is known to exceed ``max_lookup_bytes``."""
+        limit = self._config.max_lookup_bytes
+        declared = response.headers.get("content-length", "")
+        # Decoded bytes are counted, so a compressed body cannot expand past the limit either.
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(path, limit, f"declares {declared} bytes")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in response.aiter_bytes():
+            size += len(piece)
+            if size > limit:
+                raise _too_large(path, limit, f"sent more than {limit} bytes")
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def _check_auth(self, status: int, path: str) -> None:
         if status in (401, 403):
             hint = (
                 "the credentials were rejected"
@@ -129,20 +153,25 @@ class Discovery:
                 "(credentials=BasicAuth(...), or basic_auth=true with secret_mount_path)"
             )
             raise AuthenticationError(f"GET {path} answered HTTP {status}: {hint}")
-        return response
 
     def _report_skipped(self, skipped: frozenset[str]) -> None:
         # Warn once per change, not on every refresh.
         if skipped and skipped != self._reported_skips:
             logger.warning(
-                "skipped %d function(s) whose name cannot be a URL path segment: %s",
+                "skipped %d function(s) or topic(s) that cannot be invoked: %s",
                 len(skipped),
                 ", ".join(sorted(skipped)[:10]),
             )
         self._reported_skips = skipped
 
 
-def _content(response: httpx.Response, path: str) -> bytes:
-    if not 200 <= response.status_code < 300:
-        raise DiscoveryError(f"GET {path} answered HTTP {response.status_code}")
-    return response.content
+def _check_status(status: int, path: str) -> None:
+    if not 200 <= status < 300:
+        raise DiscoveryError(f"GET {path} answered HTTP {status}")
+
+
+def _too_large(path: str, limit: int, what: str) -> DiscoveryError:
+    return DiscoveryError(
+        f"GET {path} {what}, over max_lookup_bytes={limit} (the max_lookup_bytes setting, "
+        "env variable max_lookup_bytes); the response was dropped"
+    )

@@ -13,7 +13,8 @@
           ├── UpstreamStatusError                   the function (or gateway) answered non-2xx
           ├── UpstreamTimeoutError (also TimeoutError)  no answer within upstream_timeout
           ├── UpstreamConnectionError (also ConnectionError)  could not connect, or connection lost
-          ├── ResponseTooLargeError                 the response exceeded max_response_bytes
+          ├── ResponseTooLargeError                 body over max_response_bytes, or head
+          │                                         over 100 KiB
           └── InvocationCancelledError              cancelled by shutdown after drain_timeout
 
 Invalid arguments raise the builtin ``ValueError`` or ``TypeError`` at the call site.
@@ -51,7 +52,8 @@ class ControllerStateError(ConnectorError, RuntimeError):
 
 
 class DiscoveryError(ConnectorError):
-    """A lookup of namespaces or functions on the gateway failed (status, bad JSON, timeout)."""
+    """A lookup of namespaces or functions on the gateway failed (status, bad JSON, timeout,
+    a response over ``max_lookup_bytes``)."""
 
 
 class AuthenticationError(DiscoveryError):
@@ -96,7 +98,8 @@ class UpstreamConnectionError(InvocationError, ConnectionError):
 
 
 class ResponseTooLargeError(InvocationError):
-    """The response body was larger than ``max_response_bytes``; it was not kept."""
+    """The response body was larger than ``max_response_bytes``, or its head (status line and
+    headers, through the blank line) larger than 100 KiB; it was not kept."""
 
 
 class InvocationCancelledError(InvocationError):

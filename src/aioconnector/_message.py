@@ -6,12 +6,14 @@ import re
 from collections.abc import Mapping
 
 __all__ = [
+    "MAX_TOPIC_LENGTH",
     "Body",
     "HeaderBlock",
     "base_headers",
     "check_topic",
     "coerce_body",
     "merge_headers",
+    "topic_problem",
 ]
 
 Body = bytes | bytearray | memoryview | str
@@ -22,17 +24,33 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in header v
 _TOPIC_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Framing is ours to set from the body; a caller's value could desynchronise the connection.
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "host"})
+#: The longest topic accepted, in characters (all ASCII, so bytes too). A topic travels as the
+#: ``X-Topic`` header; this is four times AMQP's routing-key limit and Kafka's topic-name limit.
+MAX_TOPIC_LENGTH = 1024
+_SHOWN = 60  # characters of a rejected topic quoted in the error
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be sent as the ``X-Topic`` header, or None when it can."""
+    if not topic:
+        return "must not be empty"
+    if len(topic) > MAX_TOPIC_LENGTH:
+        return f"is {len(topic)} characters long, over the limit of {MAX_TOPIC_LENGTH}"
+    if _TOPIC_CONTROL.search(topic):
+        return "must not contain control characters (CR, LF, ...)"
+    if not topic.isascii():
+        return "must be ASCII (it is sent as the X-Topic header)"
+    return None
 
 
 def check_topic(topic: object) -> str:
+    """``topic`` if it can be invoked; else TypeError or ValueError saying why."""
     if not isinstance(topic, str):
         raise TypeError(f"topic must be a str, got {type(topic).__name__}")
-    if not topic:
-        raise ValueError("topic must not be empty")
-    if _TOPIC_CONTROL.search(topic):
-        raise ValueError(f"topic must not contain control characters (CR, LF, ...): {topic!r}")
-    if not topic.isascii():
-        raise ValueError(f"topic must be ASCII (it is sent as the X-Topic header): {topic!r}")
+    problem = topic_problem(topic)
+    if problem is not None:
+        shown = topic if len(topic) <= _SHOWN else topic[:_SHOWN] + "..."
+        raise ValueError(f"topic {problem}: {shown!r}")
     return topic
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from ._errors import DiscoveryError
+from ._message import topic_problem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -56,10 +56,6 @@ def _describe(value: str) -> str:
     return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 3] + "..."
 
 
-def _has_control(text: str) -> bool:
-    return any(unicodedata.category(char) == "Cc" for char in text)
-
-
 def parse_namespaces(payload: bytes | str) -> tuple[str, ...]:
     """Parse ``GET /system/namespaces``: a JSON array of names, blanks and duplicates dropped."""
     data = _load(payload, "/system/namespaces")
@@ -80,16 +76,25 @@ class ParsedFunctions:
     skipped: tuple[str, ...]
 
 
-def _topics_of(item: Mapping[str, Any], delimiter: str) -> tuple[str, ...]:
+def _topics_of(item: Mapping[str, Any], delimiter: str, skipped: list[str]) -> tuple[str, ...]:
+    """The function's invokable topics; the others are reported in ``skipped``."""
     annotations = item.get("annotations")
     if not isinstance(annotations, dict):
         return ()
     annotation = annotations.get("topic")
     if not isinstance(annotation, str):
         return ()
-    parts = (part.strip() for part in annotation.split(delimiter))
     # dict.fromkeys keeps first-seen order, so a topic listed twice invokes the function once.
-    return tuple(dict.fromkeys(p for p in parts if p and not _has_control(p)))
+    parts = dict.fromkeys(p for p in (part.strip() for part in annotation.split(delimiter)) if p)
+    topics: list[str] = []
+    for topic in parts:
+        # The check invoke() makes, so topics() never lists a topic that invoke() refuses.
+        problem = topic_problem(topic)
+        if problem is None:
+            topics.append(topic)
+        else:
+            skipped.append(f"{_describe(item['name'])}: topic {_describe(topic)} {problem}")
+    return tuple(topics)
 
 
 def parse_functions(
@@ -97,8 +102,9 @@ def parse_functions(
 ) -> ParsedFunctions:
     """Parse ``GET /system/functions`` into ``(address, topics)`` routes.
 
-    Malformed items and unsafe names are reported in ``skipped``, never raised: one odd
-    function must not stop the connector from serving all the others.
+    Malformed items, unsafe names and topics that ``invoke`` would refuse (not ASCII, control
+    characters, longer than 1024 characters) are reported in ``skipped``, never raised:
+    one odd function must not stop the connector from serving all the others.
     """
     if not delimiter:
         raise ValueError(f"delimiter must be a non-empty str, got {delimiter!r}")
@@ -115,7 +121,7 @@ def parse_functions(
             what = "missing" if name is None else f"{_json_type(name)}, not a string"
             skipped.append(f"item {index}: name is {what}")
             continue
-        topics = _topics_of(item, delimiter)
+        topics = _topics_of(item, delimiter, skipped)
         if not topics:
             # Not routed anyway, so an odd name here is no reason for a warning.
             continue

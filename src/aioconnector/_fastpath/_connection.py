@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 
     from ._wire import AsyncioWire
 
-__all__ = ["Connection"]
+__all__ = ["MAX_RESPONSE_HEAD_BYTES", "Connection"]
 
 _READ_SIZE: Final = 65536
-_MAX_HEAD: Final = 100 * 1024  # a response head (or chunk line) larger than this is malformed
+#: The largest response head (or trailer section) accepted, in bytes, from the status line
+#: through the blank line that ends it: httpcore's limit, counted exactly, whatever the reads.
+MAX_RESPONSE_HEAD_BYTES: Final = 100 * 1024
+_MAX_LINE: Final = MAX_RESPONSE_HEAD_BYTES  # a chunk line longer than this is malformed
 
 
 @final
@@ -85,12 +88,16 @@ class Connection:
     def _take_head(self) -> bytes | None:
         """A complete head off the buffer, or None while it is incomplete."""
         buffer = self.buffer
-        match = BLANK_LINE.search(buffer)
+        # Only a blank line ending within the limit counts; without one, a buffer that already
+        # holds the limit means a head of at least one byte more.
+        match = BLANK_LINE.search(buffer, 0, MAX_RESPONSE_HEAD_BYTES)
         if match is not None:
             self.buffer = buffer[match.end() :]
             return buffer[: match.start() + 1]
-        if len(buffer) > _MAX_HEAD:
-            raise MalformedResponseError(f"response head larger than {_MAX_HEAD} bytes")
+        if len(buffer) >= MAX_RESPONSE_HEAD_BYTES:
+            raise ResponseTooLargeError(
+                f"response head over the limit of {MAX_RESPONSE_HEAD_BYTES} bytes"
+            )
         return None
 
     async def exact(self, size: int) -> bytes:
@@ -114,7 +121,7 @@ class Connection:
         buffer = self.buffer
         start = 0
         while (end := buffer.find(b"\r\n", start)) < 0:
-            if len(buffer) > _MAX_HEAD:
+            if len(buffer) > _MAX_LINE:
                 raise MalformedResponseError("chunk header line too long")
             start = max(0, len(buffer) - 1)
             self.buffer = buffer = buffer + await self.stream.receive(_READ_SIZE)
