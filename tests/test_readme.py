@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import cast
+
+import attrs
+
+from aioconnector import ControllerConfig
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -30,3 +34,59 @@ def test_every_python_block_compiles() -> None:
     for block in blocks:
         # The API overview uses `async with` at top level, as the docs of async libraries do.
         compile(block, str(README), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def _configuration_table() -> tuple[set[str], set[str]]:
+    """The fields (first column) and env variables (second column) of the README's table."""
+    section = README.read_text(encoding="utf-8").split("\n## Configuration\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    fields: set[str] = set()
+    variables: set[str] = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            field, variable = row.strip("|").split("|")[:2]
+            fields.update(re.findall(r"`(\w+)`", field))
+            variables.update(re.findall(r"`(\w+)(?:=\w*)?`", variable))  # `basic_auth=true`
+    return fields, variables
+
+
+class _RecordingEnviron(Mapping[str, str]):
+    """An environment that notes every variable looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("from_env should look variables up, not list them")
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _variables_from_env_reads(secrets: Path) -> set[str]:
+    (secrets / "basic-auth-user").write_text("user")
+    (secrets / "basic-auth-password").write_text("password")
+    asked: set[str] = set()
+    # Empty, then with basic_auth on: some variables are read only when another is set.
+    for values in ({}, {"basic_auth": "true", "secret_mount_path": str(secrets)}):
+        environ = _RecordingEnviron(values)
+        ControllerConfig.from_env(environ)
+        asked |= environ.asked
+    return asked
+
+
+def test_configuration_table_lists_every_field_and_variable(tmp_path: Path) -> None:
+    fields, variables = _configuration_table()
+    read = _variables_from_env_reads(tmp_path)
+    assert {"gateway_url", "basic_auth", "secret_mount_path"} <= read  # the recording works
+    missing_fields = sorted({field.name for field in attrs.fields(ControllerConfig)} - fields)
+    missing_variables = sorted(read - variables)
+    assert not missing_fields, f"ControllerConfig fields missing from README: {missing_fields}"
+    assert not missing_variables, f"from_env variables missing from README: {missing_variables}"
+    unread = sorted(variables - read)
+    assert not unread, f"README lists env variables from_env does not read: {unread}"

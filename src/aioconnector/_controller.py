@@ -79,6 +79,9 @@ class ControllerStats:
     in_flight: int
     """Invocations holding a concurrency slot right now (at most ``max_concurrency``); an
     invocation keeps its slot until its result was handed to every results stream."""
+    streams_full: int
+    """Results streams that are full while invocations wait to hand them a result (holding
+    their slots). The other streams are not held back: they get every result at once."""
     topics: int
     functions: int
     refreshes: int
@@ -176,6 +179,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     workers = WorkerPool(tg, run_job, self._config.max_concurrency)
                     self._session = _Session(invoker=invoker, refresher=refresher, workers=workers)
                     refresh_scope = await tg.start(refresher.run_forever)
+                    tg.start_soon(self._hub.watch)  # returns when the hub closes, at shutdown
                     self._state = _State.RUNNING
                     try:
                         yield self
@@ -278,7 +282,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         """Subscribe to every result produced from now on.
 
         Use under ``async with``; iterate with ``async for``. While this stream's buffer
-        (``result_buffer``) is full, invocations wait: nothing is dropped, so keep reading.
+        (``result_buffer``) is full, the invocations whose results it has not taken wait,
+        holding their slots (other streams still get those results at once): nothing is
+        dropped, so keep reading, or close the stream.
         """
         return self._hub.subscribe()
 
@@ -307,6 +313,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             invocations_failed=counts.failed,
             retries=counts.retries,
             in_flight=self._slots.borrowed,
+            streams_full=self._hub.streams_full,
             topics=len(self._map.topics()),
             functions=self._map.function_count,
             refreshes=counts.refreshes,

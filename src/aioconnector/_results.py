@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, final
 
 import anyio
@@ -110,14 +111,43 @@ class ResultStream:
         return self._receive.statistics().current_buffer_used
 
 
+# A stream full for this long gets one warning (per episode: until nothing waits on it).
+_FULL_WARNING_AFTER = 5.0
+
+
+@final
+class _Blocked:
+    """A stream that is full while publishers wait on it, from the first waiter to the last."""
+
+    __slots__ = ("since", "waiting", "warned")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.waiting = 0
+        self.warned = False
+
+
 @final
 class ResultHub:
-    """Fans each result out to every subscriber, holding the publisher back while one is full."""
+    """Fans each result out to every subscriber.
 
-    def __init__(self, buffer: int) -> None:
+    A result goes at once to every stream with room; only then does the publisher wait for the
+    full ones (all at the same time), so a stream that stopped reading holds back the invocation
+    that publishes, never the delivery to the other streams.
+    """
+
+    def __init__(self, buffer: int, *, warn_after: float = _FULL_WARNING_AFTER) -> None:
         self._buffer = buffer
         self._subscribers: dict[ResultStream, MemoryObjectSendStream[InvocationResult]] = {}
+        self._blocked: dict[ResultStream, _Blocked] = {}
+        self._warn_after = warn_after
+        self._wake: anyio.Event | None = None  # set for watch(): a new episode, or closing
         self._closed = False
+
+    @property
+    def streams_full(self) -> int:
+        """How many streams are full with publishers waiting on them."""
+        return len(self._blocked)
 
     def subscribe(self) -> ResultStream:
         if self._closed:
@@ -135,24 +165,82 @@ class ResultHub:
     async def publish(self, result: InvocationResult) -> None:
         if not self._subscribers:
             return
+        full: list[tuple[ResultStream, MemoryObjectSendStream[InvocationResult]]] | None = None
         for stream, send in tuple(self._subscribers.items()):
             try:
-                try:
-                    send.send_nowait(result)  # room in the buffer: no checkpoint needed
-                except anyio.WouldBlock:
-                    await send.send(result)
+                send.send_nowait(result)  # room in the buffer: no checkpoint needed
+            except anyio.WouldBlock:
+                full = [*(full or ()), (stream, send)]
             except anyio.BrokenResourceError:
                 self.discard(stream)  # the subscriber closed its end meanwhile
-            except anyio.ClosedResourceError:
-                # The hub closed during shutdown while this subscriber was still full.
+        if full is None:
+            return
+        if len(full) == 1:
+            await self._wait_for_room(*full[0], result)
+            return
+        # All at once: a slow stream that still reads must not wait behind a stuck one.
+        async with anyio.create_task_group() as tg:
+            for stream, send in full:
+                tg.start_soon(self._wait_for_room, stream, send, result)
+
+    async def _wait_for_room(
+        self,
+        stream: ResultStream,
+        send: MemoryObjectSendStream[InvocationResult],
+        result: InvocationResult,
+    ) -> None:
+        blocked = self._blocked.get(stream)
+        if blocked is None:
+            blocked = self._blocked[stream] = _Blocked(anyio.current_time())
+            if self._wake is not None:
+                self._wake.set()
+        blocked.waiting += 1
+        try:
+            await send.send(result)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self.discard(stream)
+            if self._closed:  # else the subscriber closed its stream: it wants no more
+                _not_delivered(result, "a results stream stopped reading during shutdown")
+        except BaseException:
+            # Cancelled (the caller of invoke() was): this stream goes without the result.
+            _not_delivered(result, "its invocation was cancelled while a results stream was full")
+            raise
+        finally:
+            blocked.waiting -= 1
+            if not blocked.waiting:
+                del self._blocked[stream]  # the episode is over
+
+    async def watch(self) -> None:
+        """Warn once when a stream has been full for ``warn_after`` seconds; return on close."""
+        while not self._closed:
+            wake = self._wake = anyio.Event()
+            now = anyio.current_time()
+            next_due = math.inf
+            for blocked in self._blocked.values():
+                if blocked.warned:
+                    continue
+                due = blocked.since + self._warn_after
+                if due > now:
+                    next_due = min(next_due, due)
+                    continue
+                blocked.warned = True
                 logger.warning(
-                    "a result for %s was not delivered: a results stream stopped reading "
-                    "during shutdown",
-                    result.function,
+                    "a results stream has been full for over %gs: %d invocation(s) wait to "
+                    "publish to it, holding their concurrency slots; read it or close it",
+                    self._warn_after,
+                    blocked.waiting,
                 )
+            with anyio.move_on_after(next_due - now):
+                await wake.wait()
 
     def close(self) -> None:
         """End every stream (after what it has buffered); later subscriptions fail."""
         self._closed = True
+        if self._wake is not None:
+            self._wake.set()
         for stream in tuple(self._subscribers):
             self.discard(stream)
+
+
+def _not_delivered(result: InvocationResult, why: str) -> None:
+    logger.warning("a result for %s was not delivered: %s", result.function, why)
