@@ -77,7 +77,8 @@ async def test_hostile_function_names_are_skipped(
     # The skipped names are reported once, escaped: nothing can forge a log line.
     warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(warnings) == 1
-    assert f"skipped {len(names)} function(s)" in warnings[0]
+    # The names, and the good function's two control-character topics.
+    assert f"skipped {len(names) + 2} function(s) or topic(s)" in warnings[0]
     for char in "\r\n\x07\x00\x1b\t":
         assert char not in warnings[0]
 

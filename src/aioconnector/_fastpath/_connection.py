@@ -45,13 +45,14 @@ class Connection:
     stream is in step for another request.
     """
 
-    __slots__ = ("buffer", "idle_since", "socket", "stream")
+    __slots__ = ("buffer", "idle_since", "pooled", "socket", "stream")
 
     def __init__(self, stream: ByteStream | AsyncioWire, socket: socket.socket | None = None):
         self.stream = stream
         self.socket = socket  # an anyio stream's socket, peeked at before reuse
         self.buffer = b""
         self.idle_since = 0.0
+        self.pooled = False  # has carried a response and been pooled: a reused connection
 
     async def response_head(self) -> Head:
         """The head of the final response, 1xx informational responses skipped."""

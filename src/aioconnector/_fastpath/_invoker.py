@@ -45,6 +45,9 @@ _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dro
 # What an exchange raises when the connection breaks (ssl.SSLError is an OSError).
 _LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_READ_SIZE: Final = 65536
+# Headers that make a request safe to resend on a new connection (as in Go's net/http).
+_IDEMPOTENCY_KEYS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
 _NO_SCOPE: Final = nullcontext()
 # How often deadlines are checked on asyncio: 1/20 of upstream_timeout, within these bounds.
 _SWEEP_MIN: Final = 0.005
@@ -140,14 +143,10 @@ class FastInvoker:
             connection: Connection | None = None
             try:
                 # Sent only on a connection that looks intact (one the server closed while it
-                # was idle is dropped unused), and never twice: a request sent on a connection
-                # that then breaks may have been processed, so it is an error (as in Go).
-                connection = await self._checkout(deadline)
-                stream = connection.stream
-                if isinstance(stream, AsyncioWire):
-                    self._arm(stream, deadline)
-                # The request bytes are not kept while the answer is awaited.
-                await stream.send(self._request(invocation))
+                # was idle is dropped unused), and not twice unless the caller says it is safe:
+                # a request sent on a connection that then breaks may have been processed.
+                checked_out = await self._checkout(deadline)
+                connection = await self._send_on(checked_out, invocation, deadline)
                 status, headers, framing, keep_alive = await connection.response_head()
                 self._check_declared(headers)
                 body = await connection.response_body(framing, self._max_bytes)
@@ -186,6 +185,31 @@ class FastInvoker:
             timeout=self._timeout,
             now=clock(),
         )
+
+    async def _send_on(
+        self, connection: Connection, invocation: Invocation, deadline: float
+    ) -> Connection:
+        """Send the request, and wait for the first bytes of the answer; the connection they
+        came on. The connections it used are dropped when it fails."""
+        try:
+            stream = connection.stream
+            if isinstance(stream, AsyncioWire):
+                self._arm(stream, deadline)
+            # The request bytes are not kept while the answer is awaited.
+            await stream.send(self._request(invocation))
+            connection.buffer = await stream.receive(_READ_SIZE)
+        except _LOST:
+            await self._drop(connection)
+            if not connection.pooled or not _may_resend(invocation):
+                raise
+            # A pooled connection closed before a byte of the answer: the server dropped it
+            # as idle, most likely. As Go's net/http does, a request with an idempotency key
+            # goes once more, on a new connection (which is not pooled: never a third time).
+            return await self._send_on(await self._connect(deadline), invocation, deadline)
+        except BaseException:
+            await self._drop(connection)
+            raise
+        return connection
 
     def _bind(self) -> Callable[[], float]:
         self._native = running_asyncio()
@@ -368,6 +392,7 @@ class FastInvoker:
         self._busy.discard(connection)
         # Idle time counts from the start of its last call: it expires early, never late.
         connection.idle_since = started
+        connection.pooled = True
         self._idle.append(connection)
         if self._waiters:
             self._wake()
@@ -382,6 +407,11 @@ class FastInvoker:
 
     def _wake(self) -> None:
         self._waiters.popleft().set()
+
+
+def _may_resend(invocation: Invocation) -> bool:
+    """Whether the caller marked the request safe to send twice, with an idempotency key."""
+    return any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in invocation.headers)
 
 
 def _intact(connection: Connection) -> bool:
