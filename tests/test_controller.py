@@ -82,8 +82,8 @@ async def test_fan_out_is_concurrent(wire: Wire) -> None:
 async def test_max_concurrency_bounds_in_flight_invocations(wire: Wire) -> None:
     wire.gateway.add_function("slow", topics="t")
     wire.gateway.add_function("slow2", topics="t")
-    wire.gateway.set_fault("slow", latency=0.05)
-    wire.gateway.set_fault("slow2", latency=0.05)
+    wire.gateway.set_fault("slow", latency=0.02)  # held long enough for three to overlap
+    wire.gateway.set_fault("slow2", latency=0.02)
     results: list[InvocationResult] = []
     async with wire.controller(max_concurrency=3) as controller:
 
@@ -160,7 +160,7 @@ async def test_async_invocation_uses_async_route_and_callback(wire: Wire) -> Non
 
 @pytest.mark.parametrize(
     ("status", "headers"),
-    [(500, {}), (429, {"Retry-After": "1"}), (404, {})],
+    [(500, {}), (429, {"Retry-After": "0"}), (404, {})],
 )
 async def test_non_2xx_is_a_result_not_an_exception(
     wire: Wire, status: int, headers: dict[str, str]

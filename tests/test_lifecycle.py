@@ -137,6 +137,11 @@ async def test_outer_cancellation_stops_the_controller_cleanly(wire: Wire, lands
         await controller.invoke("t", b"x")
 
 
+# Input is checked before any invoker sees it, so one wire is enough here.
+ONE_WIRE = pytest.mark.parametrize("wire", ["transport"], indirect=True)
+
+
+@ONE_WIRE
 @pytest.mark.parametrize(
     ("topic", "error", "match"),
     [
@@ -160,6 +165,7 @@ async def test_bad_topic_is_rejected_before_any_request(
     assert wire.gateway.invocations() == []
 
 
+@ONE_WIRE
 @pytest.mark.parametrize(
     ("body", "headers", "error", "match"),
     [
