@@ -5,10 +5,18 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from aioconnector.testing import FakeGateway
 
 from .helpers import Wire
+
+# Property tests assert outcomes, not speed: on a shared, loaded machine one example may take
+# longer than Hypothesis's 200 ms deadline, or its data longer to generate.
+settings.register_profile(
+    "aioconnector", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("aioconnector")
 
 
 @pytest.fixture(

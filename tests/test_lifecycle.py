@@ -100,16 +100,48 @@ async def test_user_exception_group_is_not_unwrapped(wire: Wire) -> None:
     assert info.value.exceptions == (inner,)
 
 
-async def test_outer_cancellation_stops_the_controller_cleanly(wire: Wire) -> None:
-    wire.gateway.add_function("slow", topics="t")
-    wire.gateway.set_fault("slow", latency=10)
-    with anyio.move_on_after(0.2) as scope:
-        async with wire.controller(drain_timeout=0.1) as controller:
-            await controller.invoke("t", b"x")
-    assert scope.cancelled_caught
+@pytest.mark.parametrize("lands", ["in-startup", "in-invoke"])
+async def test_outer_cancellation_stops_the_controller_cleanly(wire: Wire, lands: str) -> None:
+    # The cancel lands where the test says, not where a timer happens to fire: while the
+    # gateway holds the discovery request (the block is never entered), or the invocation.
+    gateway = wire.gateway
+    gateway.add_function("slow", topics="t")
+    if lands == "in-startup":
+        gateway.system_fault(latency=10)
+    else:
+        gateway.set_fault("slow", latency=10)
+
+    def held() -> bool:
+        return bool(gateway.invocations()) if lands == "in-invoke" else gateway.in_flight > 0
+
+    controller = wire.controller(drain_timeout=0.1)
+    entered = False
+
+    async def cancel_once_held(scope: anyio.CancelScope) -> None:
+        while not held():
+            await anyio.sleep(0.005)
+        scope.cancel()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(cancel_once_held, outer.cancel_scope)
+            async with controller:
+                entered = True
+                await controller.invoke("t", b"x")
+            pytest.fail("the invocation outlived the cancellation")  # pragma: no cover
+    assert outer.cancel_scope.cancelled_caught
+    assert entered is (lands == "in-invoke")
+    assert len(gateway.invocations()) == (lands == "in-invoke")
     assert controller.stats().in_flight == 0
+    with pytest.raises(ControllerStateError, match="closed"):  # stopped, not left half-open
+        await controller.invoke("t", b"x")
 
 
+# Input is checked before any invoker sees it, so one wire is enough here.
+ONE_WIRE = pytest.mark.parametrize("wire", ["transport"], indirect=True)
+
+
+@ONE_WIRE
 @pytest.mark.parametrize(
     ("topic", "error", "match"),
     [
@@ -133,6 +165,7 @@ async def test_bad_topic_is_rejected_before_any_request(
     assert wire.gateway.invocations() == []
 
 
+@ONE_WIRE
 @pytest.mark.parametrize(
     ("body", "headers", "error", "match"),
     [

@@ -220,13 +220,21 @@ async def test_dropped_connection_is_retried_when_asked(wire: Wire) -> None:
 async def test_a_retrying_invocation_frees_its_slot_while_waiting(wire: Wire) -> None:
     wire.gateway.add_function("busy", topics="busy")
     wire.gateway.add_function("quick", topics="quick")
-    wire.gateway.set_fault("busy", status=429, headers={"Retry-After": "1"}, times=1)
-    async with wire.controller(max_concurrency=1) as controller, anyio.create_task_group() as tg:
-        tg.start_soon(controller.invoke, "busy", b"x")
-        await anyio.sleep(0.2)  # busy got its 429 and now waits one second, without the slot
-        with anyio.fail_after(0.7):
+    # Told to come back in 5 s (the longest wait the default policy allows): quick must have
+    # the only slot in the meantime, so it is answered before busy's second attempt.
+    wire.gateway.set_fault("busy", status=429, headers={"Retry-After": "5"}, times=1)
+    with anyio.fail_after(10):
+        async with (
+            wire.controller(max_concurrency=1) as controller,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(controller.invoke, "busy", b"x")
+            while controller.stats().retries == 0:  # busy got its 429 and waits, slot given back
+                await anyio.sleep(0.01)
             (quick,) = await controller.invoke("quick", b"y")
-        assert quick.ok
+            assert quick.ok
+            assert len(wire.gateway.invocations("busy")) == 1  # its retry is still to come
+            tg.cancel_scope.cancel()  # no need to wait for it
 
 
 async def test_connect_errors_are_retried() -> None:

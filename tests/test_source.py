@@ -19,6 +19,7 @@ from aioconnector import (
     run_source,
     settlement_of,
 )
+from aioconnector.testing import FakeResponse, RecordedRequest
 
 from .helpers import Wire
 
@@ -142,9 +143,14 @@ async def test_in_flight_messages_are_bounded(wire: Wire) -> None:
 
 
 async def test_stop_finishes_what_is_in_flight_and_fetches_no_more(wire: Wire) -> None:
-    wire.gateway.add_function("slow", topics="t")
-    wire.gateway.set_fault("slow", latency=0.2)
     stop = anyio.Event()
+    release = anyio.Event()
+
+    async def held(request: RecordedRequest) -> FakeResponse:
+        await release.wait()  # none can finish, and free a worker, before the feed stopped
+        return FakeResponse(body=request.body)
+
+    wire.gateway.add_function("slow", topics="t", handler=held)
     finalized = anyio.Event()
     fetched = 0
 
@@ -160,9 +166,12 @@ async def test_stop_finishes_what_is_in_flight_and_fetches_no_more(wire: Wire) -
     settled = Settled()
     async with wire.controller() as ctrl, anyio.create_task_group() as tg:
 
-        async def stop_soon() -> None:
-            await anyio.sleep(0.1)
+        async def stop_soon() -> None:  # once the four workers' invocations are in
+            while len(wire.gateway.invocations()) < 4:
+                await anyio.sleep(0.005)
             stop.set()
+            await finalized.wait()  # the feed has stopped: the fifth message stays unsent
+            release.set()
 
         tg.start_soon(stop_soon)
         with anyio.fail_after(10):

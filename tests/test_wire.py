@@ -538,5 +538,5 @@ async def test_fast_invoker_deadline_sweep_runs_only_while_calls_are_busy() -> N
             took = anyio.current_time() - started
             await wait_until(lambda: invoker._sweep is None)
     assert isinstance(result.error, UpstreamTimeoutError)
-    assert 0.2 <= took < 0.2 + 0.2 / 20 + 0.5  # the deadline, one sweep period, slack
+    assert 0.2 <= took < 0.2 + 0.2 / 20 + 2.0  # deadline, sweep period, a loaded machine
     assert invoker._sweep_every == pytest.approx(0.01)

@@ -132,11 +132,13 @@ class SlowFunction:
     """A fake function that answers 200 after ``latency`` seconds and records every call.
 
     ``latency`` is a ``(low, high)`` range drawn from uniformly. Times are ``time.time()``, so
-    that they compare with a broker's timestamps of acknowledgements.
+    that they compare with a broker's timestamps of acknowledgements. With ``gate``, each call
+    first waits until the gate is set: what a test stops is then known to be in flight.
     """
 
     latency: tuple[float, float]
     calls: list[Call] = attrs.Factory(list)
+    gate: anyio.Event | None = None
 
     async def __call__(self, request: RecordedRequest) -> FakeResponse:
         call = Call(
@@ -145,6 +147,8 @@ class SlowFunction:
             started=time.time(),
         )
         self.calls.append(call)
+        if self.gate is not None:
+            await self.gate.wait()
         await anyio.sleep(random.uniform(*self.latency))
         call.finished = time.time()
         return FakeResponse(body=b"done")

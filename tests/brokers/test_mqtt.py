@@ -118,11 +118,15 @@ async def test_persistent_session_redelivers_what_was_not_settled(
 ) -> None:
     topic, client_id = f"{prefix}/orders", f"aioconnector-{uuid.uuid4().hex[:12]}"
 
-    async def slow(request: RecordedRequest) -> FakeResponse:
-        await anyio.sleep(0.3)
+    # The function answers only once released, after the first run: none of its invocations
+    # can finish (and be acked) before the stop, however slow the machine.
+    release = anyio.Event()
+
+    async def held(request: RecordedRequest) -> FakeResponse:
+        await release.wait()
         return FakeResponse(body=request.body)
 
-    gateway.add_function("orders", topics=[topic], handler=slow)
+    gateway.add_function("orders", topics=[topic], handler=held)
     sent = [(topic, f"order-{n}") for n in range(12)]
     try:
         # Stopped with 4 invocations in flight, cut short: nothing was settled, nor acked.
@@ -131,6 +135,7 @@ async def test_persistent_session_redelivers_what_was_not_settled(
         ) as first:
             await publish(port, sent)
             await wait_until(lambda: len(gateway.invocations()) >= 4)
+        release.set()
         cut_short = set(ids(gateway.invocations()))
         gateway.add_function("orders", topics=[topic])  # fast from now on
         gateway.requests.clear()
