@@ -18,6 +18,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,6 +205,7 @@ func main() {
 		"peak_rss_kib":   peakRSSKiB(),
 		"capped":         w.capped,
 		"body_bytes":     len(body),
+		"go_version":     runtime.Version(),
 	}
 	if w.invocations > 0 {
 		row["cpu_us_per_inv"] = float64(w.cpu.Microseconds()) / float64(w.invocations)
