@@ -1,4 +1,5 @@
-"""The parent side's report: ratios against the raw ceiling and bare httpx, tables, targets."""
+"""The parent side's report: ratios against the raw ceiling, bare httpx and the Go peer (when
+measured), tables, targets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import math
 from collections.abc import Callable
 from typing import Any, Final
 
+from _gopeer import CLIENT as GO
+
 Row = dict[str, Any]
 BACKENDS: Final = ("asyncio", "uvloop", "trio")
-CLIENT_ORDER: Final = ("raw", "httpx", "aioconnector", "aioconnector+httpx")
+CLIENT_ORDER: Final = ("raw", "httpx", GO, "aioconnector", "aioconnector+httpx")
 KIB: Final = 1024
 #: The Go connector-sdk, one consumer loop, a topic with four 50 ms functions: serial fan-out.
 GO_SERIAL_MSG_PER_S: Final = 5.0
@@ -34,21 +37,31 @@ def _metric(row: Row) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _per(mine: float | None, theirs: float | None) -> float | None:
+    return mine / theirs if mine is not None and theirs else None
+
+
 def attach_ratios(rows: list[Row]) -> None:
     """``vs_raw`` and ``vs_httpx`` (client / raw, client / bare httpx) for the same scenario,
-    backend and concurrency; for scenario e also the added latency over raw."""
+    backend and concurrency; for scenario e also the added latency over raw. When the Go peer
+    was measured, also ``vs_go`` and ``cpu_vs_go`` (CPU per invocation / Go's)."""
+    go = any(r["client"] == GO for r in rows)
     references = {
         (r["scenario"], r["case"], r["backend"], r["concurrency"], r["client"]): r
         for r in rows
-        if r["client"] in ("raw", "httpx")
+        if r["client"] in ("raw", "httpx", GO)
     }
     for row in rows:
         key = (row["scenario"], row["case"], row["backend"], row["concurrency"])
         mine = _metric(row)
         for name, client in (("vs_raw", "raw"), ("vs_httpx", "httpx")):
             reference = references.get((*key, client))
-            theirs = None if reference is None else _metric(reference)
-            row[name] = mine / theirs if mine is not None and theirs else None
+            row[name] = _per(mine, None if reference is None else _metric(reference))
+        if go:
+            peer = references.get((*key, GO))
+            row["vs_go"] = _per(mine, None if peer is None else _metric(peer))
+            cpu = None if peer is None else peer.get("cpu_us_per_inv")
+            row["cpu_vs_go"] = _per(row.get("cpu_us_per_inv"), cpu)
         raw = references.get((*key, "raw"))
         if row["scenario"] == "e" and raw is not None:
             row["added_p50_us"] = (row["p50_ms"] - raw["p50_ms"]) * 1e3
@@ -115,10 +128,12 @@ _LEAD: Final[list[Column]] = [
 ]
 _VS: Final[list[Column]] = [
     ("vs raw", lambda r: _ratio(r.get("vs_raw"))),
+    ("vs go", lambda r: _ratio(r.get("vs_go"))),
     ("vs httpx", lambda r: _ratio(r.get("vs_httpx"))),
 ]
 _TAIL: Final[list[Column]] = [
     ("cpu us/inv", lambda r: _num(r.get("cpu_us_per_inv"))),
+    ("cpu vs go", lambda r: _ratio(r.get("cpu_vs_go"))),
     ("RSS MiB", lambda r: _num(r.get("rss_mib"))),
     ("stub cpu", lambda r: _pct(r.get("stub_cpu"))),
     ("failed", lambda r: str(r["failed"])),
@@ -186,8 +201,13 @@ def _order(row: Row) -> tuple[Any, ...]:
     )
 
 
+#: Shown only in a table with a Go peer's rows: without one, the tables are as they were.
+_GO_COLUMNS: Final = frozenset({"vs go", "cpu vs go"})
+
+
 def table(scenario: str, rows: list[Row], context: dict[str, Any]) -> str:
-    columns = COLUMNS[scenario]
+    go = any(r["client"] == GO for r in rows)
+    columns = [c for c in COLUMNS[scenario] if go or c[0] not in _GO_COLUMNS]
     body = [[cell(row) for _, cell in columns] for row in sorted(rows, key=_order)]
     header = [name for name, _ in columns]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -351,6 +371,8 @@ def print_report(
         f"{_pinning(meta.get('pinned'))}"
         f"run took {meta['duration_s']} s\n"
     )
+    if meta.get("go_peer"):
+        print(f"Go peer: {meta['go_peer']} (connector-sdk; RSS is its peak, ru_maxrss)\n")
     for scenario in TITLES:
         mine = [r for r in rows if r["scenario"] == scenario]
         if mine:

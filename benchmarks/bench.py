@@ -15,7 +15,8 @@ Scenarios (each on asyncio, uvloop when installed, and trio):
 
 Clients, all measured in the same run: ``raw`` (a minimal HTTP/1.1 keep-alive client: the
 ceiling), ``httpx`` (a bare ``AsyncClient`` with ``Limits(C, C)``), ``aioconnector``
-(``AsyncController(config)``) and ``aioconnector+httpx`` (with an explicit httpx transport).
+(``AsyncController(config)``) and ``aioconnector+httpx`` (with an explicit httpx transport); with
+``--go-peer PATH``, also the Go connector-sdk (``benchmarks/go/``) in a and b.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
+import _gopeer
 from _common import HOST, RESULT_PREFIX, load_average, raise_fd_limit
 from _report import BACKENDS, attach_ratios, evaluate_targets, print_report
 
@@ -171,15 +173,27 @@ class Stub:
 # -- jobs ----------------------------------------------------------------------------------------
 
 
+def _plan(scenario: str, go_peer: Path | None) -> tuple[tuple[str, str], ...]:
+    """``PLAN[scenario]``, with the Go peer after the looping clients when there is one."""
+    plan = PLAN[scenario]
+    if go_peer is None or scenario not in _gopeer.SCENARIOS:
+        return plan
+    return (*plan[: len(_LOOPING)], (_gopeer.CLIENT, "invoke"), *plan[len(_LOOPING) :])
+
+
 def build_jobs(
-    scenarios: list[str], backends: list[str], clients: list[str], settings: Settings
+    scenarios: list[str],
+    backends: list[str],
+    clients: list[str],
+    settings: Settings,
+    go_peer: Path | None = None,
 ) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     s = settings
     for scenario in scenarios:
         for backend in backends:
-            for client, mode in PLAN[scenario]:
-                if client not in clients:
+            for client, mode in _plan(scenario, go_peer):
+                if client not in clients and client != _gopeer.CLIENT:
                     continue
                 job: dict[str, Any] = {
                     "scenario": scenario,
@@ -188,6 +202,8 @@ def build_jobs(
                     "mode": mode,
                     "warmup_cap": s.warmup_cap,
                 }
+                if client == _gopeer.CLIENT:
+                    job["go_peer"] = str(go_peer)
                 if scenario in ("a", "b"):
                     concurrency = s.concurrency if scenario == "a" else s.fanout_concurrency
                     job |= {"delay": 0.0, "concurrency": list(concurrency)}
@@ -317,6 +333,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_OUTPUT,
         help=f"where to write the JSON results (default: {DEFAULT_OUTPUT})",
     )
+    parser.add_argument(
+        "--go-peer",
+        type=_gopeer.check,
+        default=os.environ.get(_gopeer.ENV) or None,
+        metavar="PATH",
+        help="the Go peer's binary (benchmarks/go/, see benchmarks/README.md): another client "
+        f"in scenarios a and b, and a 'vs go' ratio (default: ${_gopeer.ENV}, else none)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -353,15 +377,22 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
+def _child(job: dict[str, Any]) -> None:
+    if job["client"] == _gopeer.CLIENT:
+        _gopeer.run(job)
+        return
+    from _measure import child_main  # noqa: PLC0415  (the child only)
+
+    child_main(job)
+
+
 def main(argv: list[str] | None = None) -> int:
     if not _installed("aioconnector") and (SRC / "aioconnector").is_dir():
         sys.path.insert(0, str(SRC))  # run from a checkout without installing
     args = parse_args(argv)
     raise_fd_limit()  # children and stubs inherit it
     if args.child is not None:
-        from _measure import child_main  # noqa: PLC0415  (the child only)
-
-        child_main(json.loads(args.child))
+        _child(json.loads(args.child))
         return 0
 
     settings = _settings(args)
@@ -373,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if not backends:
         print("no backend to run", file=sys.stderr)
         return 2
-    jobs = build_jobs(args.scenario, backends, args.client, settings)
+    jobs = build_jobs(args.scenario, backends, args.client, settings, args.go_peer)
 
     started = time.monotonic()
     load_before = load_average()
@@ -419,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         "backends": backends,
         "clients": args.client,
     }
+    if args.go_peer is not None:
+        meta["go_peer"] = str(args.go_peer)
     context = {
         "delay_ms": round(settings.latency_delay * 1000),
         "delay_s": settings.memory_delay,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +40,7 @@ def test_quick_throughput_run(tmp_path: Path) -> None:
     assert header is not None, completed.stdout
     for column in ("client", "inv/s", "vs raw", "vs httpx", "cpu us/inv", "RSS MiB"):
         assert column in header
+    assert "vs go" not in header  # no Go peer given: the tables are as they were
     rows = [line.split() for line in lines if line.startswith("asyncio ")]
     clients = {cells[1] for cells in rows}
     assert {"raw", "httpx", "aioconnector", "aioconnector+httpx"} <= clients, completed.stdout
@@ -48,3 +51,68 @@ def test_quick_throughput_run(tmp_path: Path) -> None:
     assert all(row["inv_per_s"] > 0 for row in measured)
     assert all(row["failed"] == 0 for row in measured)
     assert document["failures"] == []
+
+
+#: Stands in for benchmarks/go's binary: its flags in, one JSON line of the same shape out.
+FAKE_PEER = """\
+import json, sys
+flags = dict(arg.lstrip("-").split("=", 1) for arg in sys.argv[1:])
+assert flags["gateway"].startswith("http://127.0.0.1:"), flags
+assert flags["topic"] == "bench" and flags["body"] == "100", flags
+concurrency = int(flags["c"])
+print(json.dumps({
+    "client": "go-connector-sdk", "concurrency": concurrency, "invocations": 400,
+    "failed": 0, "elapsed_s": 0.05, "inv_per_s": 8000.0, "cpu_us_per_inv": 50.0,
+    "peak_rss_kib": 12288, "capped": False, "body_bytes": 100, "go_version": "go-fake",
+}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_quick_run_with_a_go_peer(tmp_path: Path) -> None:
+    """--go-peer without Go: a fake peer's rows join the table, with the ratios to it."""
+    peer = tmp_path / "gopeer"
+    peer.write_text(f"#!{sys.executable}\n{FAKE_PEER}")
+    peer.chmod(peer.stat().st_mode | stat.S_IXUSR)
+    output = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if k != "AIOCONNECTOR_GO_PEER"}
+    completed = subprocess.run(  # noqa: S603  (our own script, fixed arguments)
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--scenario",
+            "a",
+            "--backend",
+            "asyncio",
+            "--client",
+            "raw,aioconnector",
+            "--go-peer",
+            str(peer),
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("backend "))
+    assert header.index("vs raw") < header.index("vs go") < header.index("vs httpx")
+    assert "cpu vs go" in header
+    go_lines = [line.split() for line in lines if line.startswith("asyncio  go-connector-sdk")]
+    assert [cells[3] for cells in go_lines] == ["1", "16"], completed.stdout
+
+    document = json.loads(output.read_text())
+    assert document["meta"]["go_peer"] == str(peer.resolve())
+    rows = document["rows"]
+    go = [row for row in rows if row["client"] == "go-connector-sdk"]
+    assert [(row["concurrency"], row["inv_per_s"]) for row in go] == [(1, 8000.0), (16, 8000.0)]
+    mine = [row for row in rows if row["client"] == "aioconnector"]
+    assert mine
+    for row in mine:
+        assert row["vs_go"] == pytest.approx(row["inv_per_s"] / 8000.0)
+        assert row["cpu_vs_go"] == pytest.approx(row["cpu_us_per_inv"] / 50.0)
