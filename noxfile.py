@@ -39,7 +39,8 @@ def tests(session: nox.Session) -> None:
     _install_groups(session, "test", "examples", "brokers")
     session.install("-e", ".")
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    # Two workers (pytest-xdist): `nox -s tests -- -n 0` runs in one process, e.g. to debug.
+    session.run("coverage", "run", "-m", "pytest", "-n", "2", *session.posargs)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report")
 

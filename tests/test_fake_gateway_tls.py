@@ -6,10 +6,14 @@ for mutual TLS, a client certificate from the same CA.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import ssl
+import warnings
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 import httpx
 import pytest
@@ -111,14 +115,14 @@ async def test_unknown_ca_fails_startup_naming_the_certificate_problem(pki: Pki)
     with anyio.fail_after(20):
         async with gw.serve(ssl_context=server_context(pki)) as url:
             with pytest.raises(GatewayUnavailableError) as info:
-                async with controller(url, startup_timeout=0.5):
+                async with controller(url, startup_timeout=1.5):
                     pytest.fail("the controller started against an untrusted certificate")
             # The handshake failed before any HTTP: nothing reached the gateway's handler.
             assert gw.requests == []
             # Failed handshakes closed their connections only: the server still serves.
             await assert_works(url, gw, ca_bundle=pki.ca_file)
     message = str(info.value)
-    assert "startup_timeout=0.5" in message
+    assert "startup_timeout=1.5" in message
     assert "certificate verify failed" in message.lower()
 
 
@@ -160,8 +164,8 @@ async def test_missing_client_certificate_is_rejected(pki: Pki) -> None:
     gw = gateway()
     with anyio.fail_after(20):
         async with gw.serve(ssl_context=server_context(pki, require_client_cert=True)) as url:
-            with pytest.raises(GatewayUnavailableError, match=r"startup_timeout=0\.5") as info:
-                async with controller(url, ca_bundle=pki.ca_file, startup_timeout=0.5):
+            with pytest.raises(GatewayUnavailableError, match=r"startup_timeout=1\.5") as info:
+                async with controller(url, ca_bundle=pki.ca_file, startup_timeout=1.5):
                     pytest.fail("the gateway accepted a connector without a client certificate")
             assert "/system/namespaces" in str(info.value)
             assert gw.requests == []
@@ -185,3 +189,34 @@ async def test_tls_connections_are_reused(pki: Pki) -> None:
                 assert session is not None
                 assert isinstance(session.invoker, FastInvoker)
                 assert session.invoker._open == 1
+
+
+async def test_a_handshake_cut_short_by_the_startup_timeout_leaves_no_socket_open() -> None:
+    """A gateway that accepts TCP but never answers the TLS handshake: the startup timeout
+    cancels the lookup mid-handshake, and the connection is closed then, not left to the
+    garbage collector (httpcore closes it only when the handshake raises an Exception)."""
+    held: list[anyio.abc.SocketStream] = []
+
+    async def hold(stream: anyio.abc.SocketStream) -> None:
+        held.append(stream)
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await stream.receive()  # the client's hello, then its EOF once it closes
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        async with (
+            await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0) as listener,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(listener.serve, hold)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            with anyio.fail_after(20), pytest.raises(GatewayUnavailableError):
+                async with controller(f"https://127.0.0.1:{port}", startup_timeout=0.3):
+                    pytest.fail("the controller started without a TLS handshake")
+            tg.cancel_scope.cancel()
+        gc.collect()
+    assert held, "the lookup never connected"
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ._httpcore import close_handshakes_on_cancel
+
 if TYPE_CHECKING:
     from ._config import ControllerConfig
 
@@ -25,15 +27,19 @@ def open_client(
     """A client for lookups and invocations; ``transport``, when given, is used as it is."""
     _warn_if_credentials_travel_in_clear(config)
     size = config.max_concurrency
-    return httpx.AsyncClient(
-        transport=transport,
+    if transport is None:
         # Invocations never exceed max_concurrency; the spare connections keep lookups
         # from queueing behind them.
-        limits=httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2),
+        limits = httpx.Limits(max_connections=size + 2, max_keepalive_connections=size + 2)
+        transport = httpx.AsyncHTTPTransport(
+            verify=_tls_context(config), limits=limits, trust_env=False
+        )
+        close_handshakes_on_cancel(transport)
+    return httpx.AsyncClient(
+        transport=transport,
         timeout=httpx.Timeout(None),  # deadlines are ours: whole-call, not per-read
         follow_redirects=False,  # credentials never follow a redirect
         trust_env=False,  # no proxy or CA settings picked up behind the user's back
-        verify=_tls_context(config) if transport is None else True,
     )
 
 
