@@ -14,9 +14,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 
-@pytest.mark.timeout(90)  # the subprocess has its own 60 s limit
-def test_quick_throughput_run(tmp_path: Path) -> None:
-    output = tmp_path / "results.json"
+def run_quick(
+    output: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``bench.py --quick --scenario a --backend asyncio`` with ``options``; it must succeed."""
     completed = subprocess.run(  # noqa: S603  (our own script, fixed arguments)
         [
             sys.executable,
@@ -26,6 +27,7 @@ def test_quick_throughput_run(tmp_path: Path) -> None:
             "a",
             "--backend",
             "asyncio",
+            *options,
             "--output",
             str(output),
         ],
@@ -33,8 +35,16 @@ def test_quick_throughput_run(tmp_path: Path) -> None:
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed
+
+
+@pytest.mark.timeout(90)  # the subprocess has its own 60 s limit
+def test_quick_throughput_run(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    completed = run_quick(output)
     lines = completed.stdout.splitlines()
     header = next((line for line in lines if line.startswith("backend ")), None)
     assert header is not None, completed.stdout
@@ -76,29 +86,7 @@ def test_quick_run_with_a_go_peer(tmp_path: Path) -> None:
     peer.chmod(peer.stat().st_mode | stat.S_IXUSR)
     output = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if k != "AIOCONNECTOR_GO_PEER"}
-    completed = subprocess.run(  # noqa: S603  (our own script, fixed arguments)
-        [
-            sys.executable,
-            str(BENCH),
-            "--quick",
-            "--scenario",
-            "a",
-            "--backend",
-            "asyncio",
-            "--client",
-            "raw,aioconnector",
-            "--go-peer",
-            str(peer),
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
+    completed = run_quick(output, "--client", "raw,aioconnector", "--go-peer", str(peer), env=env)
     lines = completed.stdout.splitlines()
     header = next(line for line in lines if line.startswith("backend "))
     assert header.index("vs raw") < header.index("vs go") < header.index("vs httpx")

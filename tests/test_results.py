@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import anyio
@@ -57,7 +58,11 @@ async def test_a_stuck_stream_delays_no_other_stream(
                 await anyio.sleep(0.01)
         await anyio.sleep(0.2)  # four times the threshold: still one warning for the episode
         assert logs.text.count(STUCK_WARNING) == 1
-        assert "8 invocation(s) wait" in logs.text
+        # It counts the invocations waiting when it fired: on a loaded machine the threshold
+        # may pass before all eight have reached the full stream.
+        waiting = re.search(r"(\d+) invocation\(s\) wait", logs.text)
+        assert waiting is not None
+        assert 1 <= int(waiting[1]) <= 8
         await stuck.aclose()  # unsubscribing lets the waiting invocations finish
         with anyio.fail_after(10):
             while controller.stats().in_flight:
