@@ -9,7 +9,6 @@ the gateway's functions received.
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import json
 import os
 import signal
@@ -114,23 +113,27 @@ async def test_tester_invokes_every_subscriber_at_a_fixed_rate(
     async with gw.serve() as url:
         with anyio.fail_after(10):
             sent = await tester.run(
-                example_config(url), topic="payment.received", interval=0.1, count=3
+                example_config(url), topic="payment.received", interval=0.1, count=4
             )
 
-    assert sent == 3
-    assert len(gw.invocations()) == 6
+    assert sent == 4
+    assert len(gw.invocations()) == 8
     assert gw.invocations("other") == []
     echo = gw.invocations("echo")
     ids = message_ids(echo)
-    assert len(set(ids)) == 3
+    assert len(set(ids)) == 4
     assert all(uuid.UUID(message_id) for message_id in ids)
     assert message_ids(gw.invocations("audit")) == ids  # one message reaches both functions
     for number, record in enumerate(echo, start=1):
         assert json.loads(record.body)["n"] == number
         assert record.headers["content-type"] == "application/json"
         assert record.headers["x-topic"] == "payment.received"
-    gaps = [later.time - earlier.time for earlier, later in itertools.pairwise(echo)]
-    assert all(gap > 0.07 for gap in gaps), gaps  # one message per interval
+    # Paced, not a burst: 0.3 s from the first to the last at the nominal rate. A fixed-rate
+    # schedule catches up after a late message, so single gaps on a loaded machine prove
+    # little; the whole span, a third of nominal, still tells pacing from a burst (~1 ms).
+    times = [record.time for record in echo]
+    assert times == sorted(times)
+    assert times[-1] - times[0] > 0.1, times
     out = capsys.readouterr().out
     for message_id in ids:
         assert f"{message_id} -> echo.openfaas-fn: HTTP 200" in out
