@@ -54,6 +54,11 @@ class Connection:
         self.idle_since = 0.0
         self.pooled = False  # has carried a response and been pooled: a reused connection
 
+    async def answer_begins(self) -> None:
+        """Wait for the first bytes of the response (the buffer is empty between exchanges):
+        whether any arrived tells a connection closed unanswered from one closed mid-answer."""
+        self.buffer = await self.stream.receive(_READ_SIZE)
+
     async def response_head(self) -> Head:
         """The head of the final response, 1xx informational responses skipped."""
         while True:

@@ -45,7 +45,6 @@ _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dro
 # What an exchange raises when the connection breaks (ssl.SSLError is an OSError).
 _LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
 _PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-_READ_SIZE: Final = 65536
 # Headers that make a request safe to resend on a new connection (as in Go's net/http).
 _IDEMPOTENCY_KEYS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
 _NO_SCOPE: Final = nullcontext()
@@ -197,7 +196,7 @@ class FastInvoker:
                 self._arm(stream, deadline)
             # The request bytes are not kept while the answer is awaited.
             await stream.send(self._request(invocation))
-            connection.buffer = await stream.receive(_READ_SIZE)
+            await connection.answer_begins()
         except _LOST:
             await self._drop(connection)
             if not connection.pooled or not _may_resend(invocation):
