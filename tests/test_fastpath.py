@@ -30,11 +30,11 @@ from aioconnector._fastpath import _invoker as invoker_module
 from aioconnector._fastpath._connection import MAX_RESPONSE_HEAD_BYTES, Connection
 from aioconnector._fastpath._parse import (
     BLANK_LINE,
-    CHUNKED,
-    UNTIL_CLOSE,
+    Framing,
     MalformedResponseError,
     parse_head,
 )
+from aioconnector._fastpath._wire import AnyioWire
 from aioconnector._http import open_client
 from aioconnector._invoke import HttpxInvoker, Invocation, _flatten
 from aioconnector._results import InvocationResult
@@ -915,7 +915,7 @@ def test_host_header_leaves_out_the_default_port() -> None:
 # -- the head parser against h11 ----------------------------------------------------------------
 
 
-def h11_reading(data: bytes) -> tuple[int, dict[str, str], int | None, bool] | None:
+def h11_reading(data: bytes) -> tuple[int, dict[str, str], int | str | None, bool] | None:
     """What h11 (and httpx on top of it) makes of a response head; None when it rejects it."""
     connection = h11.Connection(h11.CLIENT)
     connection.send(h11.Request(method="POST", target="/", headers=[("Host", "h")]))
@@ -930,21 +930,27 @@ def h11_reading(data: bytes) -> tuple[int, dict[str, str], int | None, bool] | N
     if isinstance(event, h11.InformationalResponse):
         return event.status_code, headers, None, False
     kind, args = h11._connection._body_framing(b"POST", event)
-    framing = {"content-length": args[0] if args else 0, "chunked": CHUNKED}.get(kind, UNTIL_CLOSE)
-    keep_alive = h11._connection._keep_alive(event) and framing != UNTIL_CLOSE
+    framing: int | str = {"content-length": args[0] if args else 0}.get(kind, kind)
+    keep_alive = h11._connection._keep_alive(event) and framing != "http/1.0"
     return event.status_code, headers, framing, keep_alive
 
 
-def our_reading(data: bytes) -> tuple[int, dict[str, str], int | None, bool] | None:
+def our_reading(data: bytes) -> tuple[int, dict[str, str], int | str | None, bool] | None:
+    """As `h11_reading` puts it: the framing as h11 names it, or the Content-Length."""
     match = BLANK_LINE.search(data)
     assert match is not None
     try:
-        status, headers, framing, keep_alive = parse_head(data[: match.start() + 1])
+        status, headers, framing, length, keep_alive = parse_head(data[: match.start() + 1])
     except MalformedResponseError:
         return None
     if status < 200:
         return status, headers, None, False
-    return status, headers, framing, keep_alive
+    named: dict[Framing, int | str] = {
+        Framing.LENGTH: length,
+        Framing.CHUNKED: "chunked",
+        Framing.UNTIL_CLOSE: "http/1.0",
+    }
+    return status, headers, named[framing], keep_alive
 
 
 NAMES = st.sampled_from(
@@ -1032,8 +1038,8 @@ class _Pieces(anyio.abc.ByteStream):
             raise anyio.EndOfStream
         return self._pieces.pop(0)
 
-    async def send(self, item: bytes) -> None:  # pragma: no cover (never written to here)
-        raise NotImplementedError
+    async def send(self, item: bytes) -> None:
+        self.sent = item
 
     async def send_eof(self) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -1068,9 +1074,8 @@ async def test_any_split_of_a_response_reads_as_h11_reads_it(
     raw, status, body = response
     cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=8)))
     pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
-    connection = Connection(_Pieces(pieces))
-    got_status, headers, framing, _keep_alive = await connection.response_head()
-    got_body = await connection.response_body(framing, 1 << 20)
+    connection = Connection(AnyioWire(_Pieces(pieces)))
+    got_status, headers, got_body, in_step = await connection.exchange(b"request", 1 << 20)
 
     reference = h11.Connection(h11.CLIENT)
     reference.send(h11.Request(method="POST", target="/", headers=[("Host", "x")]))
@@ -1084,4 +1089,4 @@ async def test_any_split_of_a_response_reads_as_h11_reads_it(
     assert (got_status, got_body) == (head.status_code, h11_body) == (status, body)
     h11_call_ids = [v.decode() for k, v in head.headers if k == b"x-call-id"]
     assert headers.get("x-call-id") == (", ".join(h11_call_ids) or None)
-    assert connection.reusable()
+    assert in_step

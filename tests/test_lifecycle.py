@@ -353,8 +353,8 @@ async def test_an_error_inside_a_fan_out_cancels_the_other_invocations(
         wire.gateway.add_function(name, topics="t")
     wire.gateway.set_fault("a", latency=10)
     wire.gateway.set_fault("b", latency=10)
-    async with wire.controller() as controller:
-        hub = controller._hub
+    async with wire.controller() as controller, controller.results():
+        hub = controller._hub  # publishes: a stream subscribes
         publish = hub.publish
 
         async def failing_for_c(result: InvocationResult) -> None:

@@ -9,7 +9,7 @@ import logging
 import sys
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Final, final
 
 import anyio
 import attrs
@@ -60,6 +60,9 @@ class _State(enum.Enum):
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+_RUNNING: Final = _State.RUNNING  # the hot path's check: a plain name is ten times quicker
 
 
 @attrs.frozen(kw_only=True)
@@ -246,11 +249,22 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         are also published to every results stream. Failures are results, not exceptions.
         Cancelling the call cancels its requests.
         """
-        job = self._accept(topic, body, headers, context)
-        if not job[1]:
-            return ()
+        first, functions = self._accept(topic, body, headers, context)
+        if len(functions) != 1:
+            if not functions:
+                return ()
+            self._busy += 1
+            return await self._fan_out((first, functions))
+        # One function, the usual case: `_fan_out`'s work without its frame.
         self._busy += 1
-        return await self._fan_out(job)
+        try:
+            if not self._slots.try_acquire():
+                await self._slots.acquire()
+            return (await self._run(first),)
+        finally:
+            self._busy -= 1
+            if self._busy == 0 and self._idle is not None:
+                self._idle.set()
 
     async def submit(
         self,
@@ -271,7 +285,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             return 0
         await self._slots.acquire()
         session = self._session
-        if session is None or self._state is not _State.RUNNING:
+        if session is None or self._state is not _RUNNING:
             self._slots.release()
             raise ControllerStateError("the controller began shutting down before admission")
         self._busy += 1
@@ -339,8 +353,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             topic = check_topic(topic)
             merged = merge_headers(self._base_headers, topic, headers)
             cache = headers is None
-        payload = coerce_body(body)
-        if self._state is not _State.RUNNING:
+        payload = body if type(body) is bytes else coerce_body(body)
+        if self._state is not _RUNNING:
             raise ControllerStateError(
                 "the controller is not running: use it inside `async with AsyncController(...)`"
                 if self._state in (_State.NEW, _State.STARTING)
@@ -489,7 +503,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                 self._counts.succeeded += 1
             else:
                 self._counts.failed += 1
-            await self._hub.publish(result)
+            if self._hub.subscribed:  # else no checkpoint: nothing to hand over
+                await self._hub.publish(result)
             return result
         finally:
             if holding:

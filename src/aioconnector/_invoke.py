@@ -31,9 +31,12 @@ __all__ = ["HttpxInvoker", "Invocation", "Invoker", "finish"]
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class Invocation:
-    """Everything needed to invoke one function for one message; headers already merged."""
+    """Everything needed to invoke one function for one message; headers already merged.
+
+    Never changed once made (not frozen: a frozen class takes twice as long to create).
+    """
 
     topic: str
     function: str

@@ -145,6 +145,11 @@ class ResultHub:
         self._closed = False
 
     @property
+    def subscribed(self) -> bool:
+        """Whether any stream subscribes (else `publish` has nothing to do)."""
+        return bool(self._subscribers)
+
+    @property
     def streams_full(self) -> int:
         """How many streams are full with publishers waiting on them."""
         return len(self._blocked)

@@ -33,6 +33,13 @@ class Slots:
         self._waiters: deque[Waitable] = deque()
         self._new_event: Callable[[], Waitable] | None = None  # chosen in the event loop
 
+    def try_acquire(self) -> bool:
+        """Take a free slot if there is one and nobody waits for it, without waiting."""
+        if self.borrowed < self.total and not self._waiters:
+            self.borrowed += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take a slot, waiting for one when all are taken. Cancellable while waiting."""
         if self.borrowed < self.total and not self._waiters:

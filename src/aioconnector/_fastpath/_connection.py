@@ -1,7 +1,7 @@
-"""One pooled connection: reading responses off a byte stream with `_parse`'s parser.
+"""One pooled connection: one exchange (request out, response in) at a time, over a `Wire`.
 
-The stream is an `AsyncioWire` on asyncio, an anyio byte stream elsewhere: both ``receive`` and
-``send`` alike and raise anyio's exceptions.
+The wire is an `AsyncioWire` on asyncio and an `AnyioWire` elsewhere; both raise anyio's
+exceptions. Responses are read with `_parse`'s parser.
 """
 
 from __future__ import annotations
@@ -15,80 +15,101 @@ from ._parse import (
     BLANK_LINE,
     CHUNK_LINE,
     CHUNKED,
-    Head,
+    LENGTH,
+    Framing,
     MalformedResponseError,
     check_trailers,
     parse_head,
 )
 
 if TYPE_CHECKING:
-    import socket
+    from ._wire import Wire
 
-    from anyio.abc import ByteStream
-
-    from ._wire import AsyncioWire
-
-__all__ = ["MAX_RESPONSE_HEAD_BYTES", "Connection"]
+__all__ = [
+    "LOST",
+    "MAX_RESPONSE_HEAD_BYTES",
+    "Answer",
+    "Connection",
+    "UnansweredError",
+]
 
 _READ_SIZE: Final = 65536
 #: The largest response head (or trailer section) accepted, in bytes, from the status line
 #: through the blank line that ends it: httpcore's limit, counted exactly, whatever the reads.
 MAX_RESPONSE_HEAD_BYTES: Final = 100 * 1024
 _MAX_LINE: Final = MAX_RESPONSE_HEAD_BYTES  # a chunk line longer than this is malformed
+#: What a wire raises when the connection breaks (ssl.SSLError is an OSError).
+LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
+
+# A complete response: status, headers, body, and whether the connection is in step for another.
+Answer = tuple[int, dict[str, str], bytes, bool]
+
+
+class UnansweredError(Exception):
+    """The connection broke before the first byte of an answer (its cause says how): the
+    server may have closed it as idle just as the request went out."""
 
 
 @final
 class Connection:
-    """A stream, the bytes received but not consumed yet, and since when it is idle.
+    """A wire, the bytes received but not consumed yet, and since when it is idle."""
 
-    Per response: `response_head`, then `response_body`; then `reusable` says whether the
-    stream is in step for another request.
-    """
+    __slots__ = ("buffer", "headers", "idle_since", "pooled", "status", "wire")
 
-    __slots__ = ("buffer", "idle_since", "pooled", "socket", "stream")
-
-    def __init__(self, stream: ByteStream | AsyncioWire, socket: socket.socket | None = None):
-        self.stream = stream
-        self.socket = socket  # an anyio stream's socket, peeked at before reuse
+    def __init__(self, wire: Wire):
+        self.wire = wire
         self.buffer = b""
+        # The head of the current exchange's answer, once read (status None until then).
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
         self.idle_since = 0.0
         self.pooled = False  # has carried a response and been pooled: a reused connection
 
-    async def answer_begins(self) -> None:
-        """Wait for the first bytes of the response (the buffer is empty between exchanges):
-        whether any arrived tells a connection closed unanswered from one closed mid-answer."""
-        self.buffer = await self.stream.receive(_READ_SIZE)
-
-    async def response_head(self) -> Head:
-        """The head of the final response, 1xx informational responses skipped."""
+    async def exchange(self, request: bytes, limit: int) -> Answer:
+        """Send ``request`` and read the final response (1xx ones skipped); a body over
+        ``limit`` bytes fails with `ResponseTooLargeError`. Raises `UnansweredError` when the
+        connection breaks before a byte of the answer arrived, a `LOST` error after. When the
+        body fails, `status` and `headers` hold the answer's head."""
+        wire = self.wire
+        self.status = None
+        try:
+            if wire.write(request):  # the kernel's buffer is full: wait until it drains
+                await wire.drain()
+            # The buffer is empty between exchanges: this is the start of the answer.
+            self.buffer = await wire.receive(_READ_SIZE)
+        except LOST as exc:
+            raise UnansweredError(exc) from exc
         while True:
             while (head := self._take_head()) is None:
-                self.buffer += await self.stream.receive(_READ_SIZE)
-            parsed = parse_head(head)
-            if parsed[0] >= 200:
-                return parsed
-            if parsed[0] == 101:
+                self.buffer += await wire.receive(_READ_SIZE)
+            status, headers, framing, length, keep_alive = parse_head(head)
+            if status >= 200:
+                break
+            if status == 101:
                 raise MalformedResponseError("unexpected 101 Switching Protocols")
-
-    async def response_body(self, framing: int, limit: int) -> bytes:
-        """The body: ``framing`` bytes, chunked, or up to EOF; more than ``limit`` fails."""
+        self.status, self.headers = status, headers  # for a result if the body fails
         buffer = self.buffer
-        if 0 <= framing <= len(buffer):  # the usual case: it came with the head
-            self.buffer = buffer[framing:]
-            return buffer[:framing]
-        if framing >= 0:
-            return await self.exact(framing)
-        if framing == CHUNKED:
+        if framing is LENGTH and length <= len(buffer) and length <= limit:
+            self.buffer = buffer[length:]  # the usual case: the body came with the head
+            body = buffer[:length]
+        else:
+            body = await self._body(framing, length, limit)
+        # Bytes beyond the response: the connection is out of step.
+        return status, headers, body, keep_alive and not self.buffer
+
+    async def _body(self, framing: Framing, length: int, limit: int) -> bytes:
+        if framing is LENGTH:
+            if length > limit:  # declared too large: fail before reading
+                raise ResponseTooLargeError(f"response of {length} bytes exceeds {limit} bytes")
+            return await self.exact(length)
+        if framing is CHUNKED:
             return await self.chunked(limit)
         return await self.until_close(limit)
-
-    def reusable(self) -> bool:
-        return not self.buffer  # bytes beyond the response: the stream is out of step
 
     async def head(self) -> bytes:
         """The next head (or trailer section), through the newline of its last line."""
         while (head := self._take_head()) is None:
-            self.buffer += await self.stream.receive(_READ_SIZE)
+            self.buffer += await self.wire.receive(_READ_SIZE)
         return head
 
     def _take_head(self) -> bytes | None:
@@ -115,7 +136,7 @@ class Connection:
         pieces = [buffer]
         have = len(buffer)
         while have < size:
-            data = await self.stream.receive(_READ_SIZE)
+            data = await self.wire.receive(_READ_SIZE)
             pieces.append(data)
             have += len(data)
         data = b"".join(pieces)
@@ -130,7 +151,7 @@ class Connection:
             if len(buffer) > _MAX_LINE:
                 raise MalformedResponseError("chunk header line too long")
             start = max(0, len(buffer) - 1)
-            self.buffer = buffer = buffer + await self.stream.receive(_READ_SIZE)
+            self.buffer = buffer = buffer + await self.wire.receive(_READ_SIZE)
         self.buffer = buffer[end + 2 :]
         return buffer[: end + 2]
 
@@ -153,7 +174,7 @@ class Connection:
                 raise MalformedResponseError("chunk not followed by CRLF")
         # Trailers: ignored, as httpx does, but they must be well-formed.
         while len(self.buffer) < 2 and self.buffer != b"\n":
-            self.buffer += await self.stream.receive(_READ_SIZE)
+            self.buffer += await self.wire.receive(_READ_SIZE)
         if self.buffer.startswith(b"\r\n"):
             self.buffer = self.buffer[2:]
         elif self.buffer.startswith(b"\n"):
@@ -166,7 +187,7 @@ class Connection:
         """Fail once more than ``allowed`` bytes arrive (as httpx counts: what was received)."""
         have = len(self.buffer)
         while have <= allowed:
-            have += len(await self.stream.receive(_READ_SIZE))
+            have += len(await self.wire.receive(_READ_SIZE))
         raise ResponseTooLargeError(f"response exceeds max_response_bytes={limit}")
 
     async def until_close(self, limit: int) -> bytes:
@@ -175,7 +196,7 @@ class Connection:
         self.buffer = b""
         while size <= limit:
             try:
-                data = await self.stream.receive(_READ_SIZE)
+                data = await self.wire.receive(_READ_SIZE)
             except anyio.EndOfStream:
                 return b"".join(pieces)
             pieces.append(data)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-import socket
 from collections import deque
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Final, Protocol, final
 from urllib.parse import quote
 
 import anyio
 import httpx
-from anyio.abc import SocketAttribute
 
 from .._backend import loop_clock, running_asyncio
 from .._errors import (
@@ -23,16 +20,21 @@ from .._errors import (
 )
 from .._http import _tls_context
 from .._invoke import finish
-from ._connection import Connection
+from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
-from ._wire import AsyncioWire, WireAbortedError, WireTimeoutError, open_asyncio_wire
+from ._wire import (
+    AnyioWire,
+    AsyncioWire,
+    Wire,
+    WireAbortedError,
+    WireTimeoutError,
+    open_asyncio_wire,
+)
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
     from types import TracebackType
-
-    from anyio.abc import ByteStream
 
     from .._config import ControllerConfig
     from .._invoke import Invocation
@@ -42,12 +44,8 @@ __all__ = ["FastInvoker"]
 
 _HEAD_CACHE: Final = 1024  # cached request heads (function x header set); FIFO beyond
 _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dropped, as httpx
-# What an exchange raises when the connection breaks (ssl.SSLError is an OSError).
-_LOST: Final = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
-_PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
 # Headers that make a request safe to resend on a new connection (as in Go's net/http).
 _IDEMPOTENCY_KEYS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
-_NO_SCOPE: Final = nullcontext()
 # How often deadlines are checked on asyncio: 1/20 of upstream_timeout, within these bounds.
 _SWEEP_MIN: Final = 0.005
 _SWEEP_MAX: Final = 0.1
@@ -70,6 +68,16 @@ class _Scope(Protocol):
 
 class _ConnectError(Exception):
     """The connection could not be made: the request never left."""
+
+
+# What an exchange can fail with, as a result: `_error_for` says which error each one is.
+_FAILURES: Final = (
+    _ConnectError,
+    UnansweredError,
+    *LOST,
+    MalformedResponseError,
+    ResponseTooLargeError,
+)
 
 
 @final
@@ -119,60 +127,72 @@ class FastInvoker:
         timeout = config.upstream_timeout or 0.0
         self._sweep_every = min(_SWEEP_MAX, max(_SWEEP_MIN, timeout / 20))
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
-        """The result of one exchange; ``None`` when `abort` stopped it."""
+    async def invoke(
+        self, invocation: Invocation, *, scoped: list[Connection] | None = None
+    ) -> InvocationResult | None:
+        """The result of one exchange; ``None`` when `abort` stopped it.
+
+        On asyncio the deadline sweep enforces deadlines (see `_start_sweep`); elsewhere each
+        call runs in a cancel scope of its own (``scoped``: in it already, and where to put
+        the connection, whose answer's head is reported if the scope cancels the call).
+        """
         clock = self._clock or self._bind()
         started = clock()
         if self._closed:
             raise RuntimeError("this FastInvoker is closed")
         if self._aborted:
             return None
-        # One deadline for the whole exchange, connecting included, as HttpxInvoker. On
-        # asyncio the deadline sweep enforces it; elsewhere a cancel scope does.
+        # One deadline for the whole exchange, connecting included, as HttpxInvoker.
         deadline = math.inf if self._timeout is None else started + self._timeout
+        if not (self._native or scoped is not None):
+            return await self._invoke_in_scope(invocation, started, deadline)
         status: int | None = None
         headers: dict[str, str] = {}
         body = b""
         error: InvocationError | None = None
-        timed_out = aborted = False
-        scope = None if self._native else self._new_scope(deadline=deadline)
-        with scope or _NO_SCOPE:
-            if scope is not None:
-                self._scopes.add(scope)
-            connection: Connection | None = None
+        timed_out = False
+        connection = self._take_idle(started)
+        try:
+            if connection is None:
+                connection = await self._checkout(deadline)
+            if scoped is not None:
+                scoped.append(connection)
+            request = self._request(invocation)
+            self._arm(connection.wire, deadline)
             try:
-                # Sent only on a connection that looks intact (one the server closed while it
-                # was idle is dropped unused), and not twice unless the caller says it is safe:
-                # a request sent on a connection that then breaks may have been processed.
-                checked_out = await self._checkout(deadline)
-                connection = await self._send_on(checked_out, invocation, deadline)
-                status, headers, framing, keep_alive = await connection.response_head()
-                self._check_declared(headers)
-                body = await connection.response_body(framing, self._max_bytes)
-                if keep_alive and connection.reusable() and not self._closed:
-                    self._release(connection, started)
-                    connection = None
-            except WireTimeoutError:
-                timed_out = True
-            except WireAbortedError:
-                aborted = True
-            except _ConnectError as exc:
-                error = UpstreamConnectionError(f"{invocation.function}: {exc}", request_sent=False)
-            except (*_LOST, MalformedResponseError) as exc:
-                error = UpstreamConnectionError(
-                    f"{invocation.function}: {_describe(exc)}", request_sent=True
+                status, headers, body, keep_alive = await connection.exchange(
+                    request, self._max_bytes
                 )
-            except ResponseTooLargeError as exc:
-                error = exc
-            finally:
-                if scope is not None:
-                    self._scopes.discard(scope)
-                if connection is not None:  # never reused after an error or a cancellation
-                    await self._drop(connection)
-        if scope is not None and scope.cancelled_caught:
-            aborted, timed_out = self._aborted, not self._aborted
-        if aborted:
+            except UnansweredError:
+                # A pooled connection closed before a byte of the answer: the server dropped
+                # it as idle, most likely. As Go's net/http does, a request with an
+                # idempotency key goes once more, on a new connection (not pooled: never a
+                # third time). Otherwise a request that may have been processed is not resent.
+                if not connection.pooled or not _may_resend(invocation):
+                    raise
+                stale, connection = connection, None
+                await self._drop(stale)
+                connection = await self._connect(deadline)
+                if scoped is not None:
+                    scoped.append(connection)
+                self._arm(connection.wire, deadline)
+                status, headers, body, keep_alive = await connection.exchange(
+                    request, self._max_bytes
+                )
+            if keep_alive and not self._closed:
+                self._release(connection, started)
+                connection = None
+        except WireTimeoutError:
+            timed_out = True
+        except WireAbortedError:
             return None
+        except _FAILURES as exc:
+            error = _error_for(invocation, exc)
+        finally:
+            if connection is not None:  # never reused after an error or a cancellation
+                await self._drop(connection)
+        if connection is not None and connection.status is not None:
+            status, headers = connection.status, connection.headers  # the body failed
         return finish(
             invocation,
             started=started,
@@ -185,30 +205,33 @@ class FastInvoker:
             now=clock(),
         )
 
-    async def _send_on(
-        self, connection: Connection, invocation: Invocation, deadline: float
-    ) -> Connection:
-        """Send the request, and wait for the first bytes of the answer; the connection they
-        came on. The connections it used are dropped when it fails."""
-        try:
-            stream = connection.stream
-            if isinstance(stream, AsyncioWire):
-                self._arm(stream, deadline)
-            # The request bytes are not kept while the answer is awaited.
-            await stream.send(self._request(invocation))
-            await connection.answer_begins()
-        except _LOST:
-            await self._drop(connection)
-            if not connection.pooled or not _may_resend(invocation):
-                raise
-            # A pooled connection closed before a byte of the answer: the server dropped it
-            # as idle, most likely. As Go's net/http does, a request with an idempotency key
-            # goes once more, on a new connection (which is not pooled: never a third time).
-            return await self._send_on(await self._connect(deadline), invocation, deadline)
-        except BaseException:
-            await self._drop(connection)
-            raise
-        return connection
+    async def _invoke_in_scope(
+        self, invocation: Invocation, started: float, deadline: float
+    ) -> InvocationResult | None:
+        """`invoke` in a cancel scope with the call's deadline, which `abort` cancels."""
+        scope = self._new_scope(deadline=deadline)
+        used: list[Connection] = []
+        with scope:
+            self._scopes.add(scope)
+            try:
+                return await self.invoke(invocation, scoped=used)
+            finally:
+                self._scopes.discard(scope)
+        if self._aborted:
+            return None
+        assert self._clock is not None  # noqa: S101 - bound by the call
+        answered = used[-1] if used and used[-1].status is not None else None
+        return finish(
+            invocation,
+            started=started,
+            status=None if answered is None else answered.status,
+            body=b"",
+            headers={} if answered is None else answered.headers,
+            error=None,
+            timed_out=True,
+            timeout=self._timeout,
+            now=self._clock(),
+        )
 
     def _bind(self) -> Callable[[], float]:
         self._native = running_asyncio()
@@ -220,11 +243,11 @@ class FastInvoker:
         clock = self._clock = loop_clock()
         return clock
 
-    def _arm(self, wire: AsyncioWire, deadline: float) -> None:
+    def _arm(self, wire: Wire, deadline: float) -> None:
         wire.arm(deadline)
         if self._aborted:
             wire.abort()  # abort() came while this call was connecting
-        if self._sweep is None and deadline != math.inf:
+        if self._sweep is None and self._native and deadline != math.inf:
             self._start_sweep()
 
     def _start_sweep(self) -> None:
@@ -240,9 +263,8 @@ class FastInvoker:
         assert self._clock is not None  # noqa: S101 - bound before any sweep starts
         now = self._clock()
         for connection in tuple(self._busy):
-            stream = connection.stream
-            if isinstance(stream, AsyncioWire) and stream.deadline <= now:
-                stream.expire()
+            if connection.wire.deadline <= now:
+                connection.wire.expire()
         for scope, deadline in tuple(self._connecting.items()):
             if deadline <= now:
                 scope.cancel()
@@ -255,9 +277,7 @@ class FastInvoker:
         while self._waiters:  # calls waiting for a connection: they find it aborted
             self._wake()
         for connection in tuple(self._busy):
-            stream = connection.stream
-            if isinstance(stream, AsyncioWire):
-                stream.abort()
+            connection.wire.abort()
         for connecting in tuple(self._connecting):
             connecting.cancel()
         for scope in tuple(self._scopes):
@@ -293,26 +313,30 @@ class FastInvoker:
         self._heads[key] = head
         return head
 
-    def _check_declared(self, headers: dict[str, str]) -> None:
-        """A declared length over the limit fails before reading (parse_head checked digits)."""
-        declared = headers.get("content-length")
-        if declared is not None and int(declared) > self._max_bytes:
-            raise ResponseTooLargeError(
-                f"response of {declared} bytes exceeds {self._max_bytes} bytes"
-            )
+    def _take_idle(self, now: float) -> Connection | None:
+        """The warmest pooled connection if it is fresh and intact, else None (`_checkout`).
+
+        A pooled connection is used only if nothing arrived on it while it was idle: one the
+        server closed is dropped before a request is sent on it.
+        """
+        idle = self._idle
+        if idle:
+            connection = idle[-1]
+            if now - connection.idle_since < _KEEPALIVE_EXPIRY and connection.wire.intact():
+                idle.pop()
+                self._busy.add(connection)
+                return connection
+        return None
 
     async def _checkout(self, deadline: float) -> Connection:
         """An intact pooled connection, else a new one; waits while all are busy."""
-        clock = self._clock or self._bind()
+        assert self._clock is not None  # noqa: S101 - bound by the call
         while True:
-            now = clock()
             while self._idle:
-                connection = self._idle.pop()
-                if now - connection.idle_since < _KEEPALIVE_EXPIRY and _intact(connection):
-                    self._busy.add(connection)
+                if (connection := self._take_idle(self._clock())) is not None:
                     return connection
                 self._open -= 1  # expired, or closed by the server while idle
-                await _close(connection)
+                await self._idle.pop().wire.aclose()
             if self._open < self._limit:
                 return await self._connect(deadline)
             await self._wait_for_connection(deadline)
@@ -343,9 +367,9 @@ class FastInvoker:
         self._open += 1
         try:
             if self._native:
-                stream: ByteStream | AsyncioWire = await self._connect_asyncio(deadline)
+                wire: Wire = await self._connect_asyncio(deadline)
             elif self._tls is None:
-                stream = await anyio.connect_tcp(self._host, self._port)
+                wire = AnyioWire(await anyio.connect_tcp(self._host, self._port))
             else:
                 stream = await anyio.connect_tcp(
                     self._host,
@@ -355,20 +379,15 @@ class FastInvoker:
                     tls_hostname=self._host,
                     tls_standard_compatible=False,  # as httpcore: EOF without close_notify
                 )
+                wire = AnyioWire(stream)
         except BaseException as exc:
             self._open -= 1
             if self._waiters:
                 self._wake()
-            if isinstance(exc, _LOST):
+            if isinstance(exc, LOST):
                 raise _ConnectError(_describe(exc)) from exc
             raise
-        # anyio builds every extra attribute on each extra() call: look the socket up once.
-        raw = (
-            None
-            if isinstance(stream, AsyncioWire)
-            else stream.extra(SocketAttribute.raw_socket, None)
-        )
-        connection = Connection(stream, raw)
+        connection = Connection(wire)
         self._busy.add(connection)
         return connection
 
@@ -402,7 +421,7 @@ class FastInvoker:
         self._open -= 1
         if self._waiters:
             self._wake()
-        await _close(connection)
+        await connection.wire.aclose()
 
     def _wake(self) -> None:
         self._waiters.popleft().set()
@@ -413,32 +432,21 @@ def _may_resend(invocation: Invocation) -> bool:
     return any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in invocation.headers)
 
 
-def _intact(connection: Connection) -> bool:
-    """Whether a pooled connection can carry a request: nothing arrived while it was idle.
-
-    An asyncio wire knows; for an anyio stream, a peek at the socket tells (as httpcore does).
-    """
-    stream = connection.stream
-    if isinstance(stream, AsyncioWire):
-        return stream.intact()
-    sock = connection.socket
-    if sock is None:  # pragma: no cover - anyio's TCP streams always have one
-        return True
-    try:
-        sock.recv(1, _PEEK)  # b"": EOF; a byte: out of step. Either way, unusable
-    except BlockingIOError:
-        return True  # nothing to read: intact
-    except OSError:
-        pass
-    return False
-
-
-async def _close(connection: Connection) -> None:
-    stream = connection.stream
-    if isinstance(stream, AsyncioWire):
-        stream.close()
-    else:
-        await anyio.aclose_forcefully(stream)
+def _error_for(invocation: Invocation, exc: BaseException) -> InvocationError:
+    """The result's error for one of the `_FAILURES` of an exchange."""
+    if isinstance(exc, _ConnectError):
+        return UpstreamConnectionError(f"{invocation.function}: {exc}", request_sent=False)
+    if isinstance(exc, UnansweredError):
+        cause = exc.__cause__ or exc
+        return UpstreamConnectionError(
+            f"{invocation.function}: {_describe(cause)}", request_sent=True
+        )
+    if isinstance(exc, (*LOST, MalformedResponseError)):
+        return UpstreamConnectionError(
+            f"{invocation.function}: {_describe(exc)}", request_sent=True
+        )
+    assert isinstance(exc, ResponseTooLargeError)  # noqa: S101 - the last of _FAILURES
+    return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ lower-cased, repeats joined with ``", "``, decoded as ASCII, else UTF-8, else La
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Final
 
@@ -16,15 +17,14 @@ __all__ = [
     "BLANK_LINE",
     "CHUNKED",
     "CHUNK_LINE",
+    "LENGTH",
     "UNTIL_CLOSE",
+    "Framing",
     "Head",
     "MalformedResponseError",
     "check_trailers",
     "parse_head",
 ]
-
-CHUNKED: Final = -1  # body framing codes (>= 0: a Content-Length)
-UNTIL_CLOSE: Final = -2
 
 BLANK_LINE: Final = re.compile(rb"\n\r?\n")
 CHUNK_LINE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*\r\n")
@@ -41,15 +41,29 @@ class MalformedResponseError(Exception):
     """The response is not valid HTTP/1.1."""
 
 
-# A parsed head: status, headers, body framing (a length, CHUNKED or UNTIL_CLOSE), keep-alive.
-Head = tuple[int, dict[str, str], int, bool]
+class Framing(enum.Enum):
+    """How the body of a response is delimited."""
+
+    LENGTH = "length"  # Content-Length bytes (0 for 1xx, 204 and 304 answers)
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until close"  # neither: the body ends when the server closes
+
+
+# The members as plain names: an enum member lookup costs as much as a dict's (Python 3.11).
+LENGTH: Final = Framing.LENGTH
+CHUNKED: Final = Framing.CHUNKED
+UNTIL_CLOSE: Final = Framing.UNTIL_CLOSE
+
+
+# A parsed head: status, headers, body framing, the Content-Length (for LENGTH), keep-alive.
+Head = tuple[int, dict[str, str], Framing, int, bool]
 
 
 def parse_head(head: bytes) -> Head:
     """Parse a response head (through the newline ending its last line, blank line excluded).
 
-    Returns the status, the headers, the body framing and whether the connection may be kept
-    alive. Raises ``MalformedResponseError`` for anything h11 rejects.
+    Returns the status, the headers, the body framing and length, and whether the connection
+    may be kept alive. Raises ``MalformedResponseError`` for anything h11 rejects.
     """
     first, _, block = _normalise(head).partition(b"\n")
     match = _STATUS_LINE.fullmatch(first)
@@ -85,14 +99,12 @@ def _finish_head(status: int, keep_alive: bool, headers: dict[str, str]) -> Head
     ):
         keep_alive = False
     if status in (204, 304) or status < 200:
-        framing = 0
-    elif chunked:
-        framing = CHUNKED
-    elif length is not None:
-        framing = int(length)
-    else:
-        framing, keep_alive = UNTIL_CLOSE, False
-    return status, headers, framing, keep_alive
+        return status, headers, LENGTH, 0, keep_alive
+    if chunked:
+        return status, headers, CHUNKED, 0, keep_alive
+    if length is not None:
+        return status, headers, LENGTH, int(length), keep_alive
+    return status, headers, UNTIL_CLOSE, 0, False
 
 
 def check_trailers(trailers: bytes) -> None:

@@ -1,4 +1,6 @@
-"""`AsyncioWire`: a connection's bytes on asyncio, straight from an `asyncio.Protocol`.
+"""Wires: a connection's bytes, as `Connection` reads and writes them.
+
+`AsyncioWire`: on asyncio, straight from an `asyncio.Protocol`.
 
 On asyncio, anyio's socket stream costs about a third of an invocation: each ``receive`` turns
 reading on and off again (two ``epoll_ctl`` calls) and each call enters cancel scopes. This wire
@@ -6,6 +8,8 @@ keeps reading on and wakes one waiting future per read, and leaves deadlines to 
 sweep by its owner, so the fast path's hot loop touches no anyio machinery on asyncio. It offers the
 part of anyio's ``ByteStream`` that `Connection` uses, with anyio's exceptions, so `Connection`
 reads from it and from an anyio stream (trio, or the slow path) alike.
+
+`AnyioWire`: any anyio byte stream (trio), with deadlines left to the caller's cancel scope.
 """
 
 from __future__ import annotations
@@ -13,14 +17,25 @@ from __future__ import annotations
 import asyncio
 import math
 import select
-from typing import TYPE_CHECKING, Final, cast, final
+import socket
+from typing import TYPE_CHECKING, Final, Protocol, cast, final
 
 import anyio
+from anyio.abc import SocketAttribute
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["AsyncioWire", "WireAbortedError", "WireTimeoutError", "open_asyncio_wire"]
+    from anyio.abc import ByteStream
+
+__all__ = [
+    "AnyioWire",
+    "AsyncioWire",
+    "Wire",
+    "WireAbortedError",
+    "WireTimeoutError",
+    "open_asyncio_wire",
+]
 
 # Reading pauses while this much is buffered unread (a server sending far ahead of us).
 _PAUSE_AT: Final = 256 * 1024
@@ -32,6 +47,41 @@ class WireTimeoutError(Exception):
 
 class WireAbortedError(Exception):
     """The wire was aborted (the controller's shutdown cancelled its exchange)."""
+
+
+class Wire(Protocol):
+    """What `Connection` and the invoker use of a connection's bytes.
+
+    Failures are anyio's exceptions (``EndOfStream``, ``BrokenResourceError``) or ``OSError``;
+    past the deadline of `arm`, after `expire`, a wait fails with `WireTimeoutError`, and after
+    `abort` with `WireAbortedError`.
+    """
+
+    deadline: float
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data`` for sending; True when `drain` must be awaited before reading."""
+
+    async def drain(self) -> None:
+        """Wait until what was written is handed to the kernel."""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """The next bytes received (at least one)."""
+
+    def intact(self) -> bool:
+        """For an idle connection: nothing arrived and nothing broke since its last answer."""
+
+    def arm(self, deadline: float) -> None:
+        """Start an exchange that must be over by ``deadline`` (loop time; ``inf``: none)."""
+
+    def expire(self) -> None:
+        """The deadline passed: fail the wait in progress and later ones (the owner's sweep)."""
+
+    def abort(self) -> None:
+        """Fail the wait in progress and every later one with `WireAbortedError`."""
+
+    async def aclose(self) -> None:
+        """Drop the connection at once."""
 
 
 @final
@@ -135,16 +185,24 @@ class AsyncioWire(asyncio.Protocol):
             self._transport.resume_reading()
         return data
 
-    async def send(self, data: bytes) -> None:
-        self._check()
+    def write(self, data: bytes) -> bool:
+        if self._stop is not None or self._failure is not None:
+            self._check()  # raises
         transport = self._transport
         if transport is None or transport.is_closing():
             raise anyio.BrokenResourceError("the connection is closed")
         transport.write(data)
+        return self._paused_writing
+
+    async def drain(self) -> None:
         while self._paused_writing:  # the kernel's buffer is full: wait for it to drain
             self._check()
             await self._wait()
         self._check()
+
+    async def send(self, data: bytes) -> None:
+        if self.write(data):
+            await self.drain()
 
     def intact(self) -> bool:
         """Nothing arrived, and nothing broke, since the last response was read.
@@ -226,3 +284,57 @@ async def open_asyncio_wire(host: str, port: int, tls: ssl.SSLContext | None) ->
         server_hostname=host if tls is not None else None,
     )
     return wire
+
+
+_PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+@final
+class AnyioWire:
+    """An anyio byte stream as a `Wire`, for trio. Its exchanges run in cancel scopes with
+    their deadlines, so `arm`, `expire` and `abort` have nothing to do."""
+
+    __slots__ = ("_pending", "_socket", "_stream", "deadline")
+
+    def __init__(self, stream: ByteStream) -> None:
+        self._stream = stream
+        # anyio builds every extra attribute on each extra() call: look the socket up once.
+        self._socket: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+        self._pending = b""
+        self.deadline = math.inf
+
+    def write(self, data: bytes) -> bool:
+        self._pending = data
+        return True  # sent by drain(): an anyio stream has no synchronous write
+
+    async def drain(self) -> None:
+        data, self._pending = self._pending, b""
+        await self._stream.send(data)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    def intact(self) -> bool:
+        """A peek at the socket, as httpcore does: readable while idle means unusable."""
+        sock = self._socket
+        if sock is None:  # pragma: no cover - anyio's TCP streams always have one
+            return True
+        try:
+            sock.recv(1, _PEEK)  # b"": EOF; a byte: out of step. Either way, unusable
+        except BlockingIOError:
+            return True  # nothing to read: intact
+        except OSError:
+            pass
+        return False
+
+    def arm(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def expire(self) -> None:
+        """Nothing to do: the exchange's cancel scope has the deadline."""
+
+    def abort(self) -> None:
+        """Nothing to do: the invoker cancels the exchange's cancel scope."""
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self._stream)
