@@ -335,7 +335,7 @@ async def test_fast_pool_waiter_cancelled_as_it_is_woken(others: int) -> None:
                 tg.start_soon(wait, "second", anyio.CancelScope())
                 await wait_until(lambda: len(invoker._waiters) == 2)
             first.cancel()
-            invoker._wake()  # a connection came free (what _release and _drop do): no checkpoint
+            invoker._waiters.wake()  # a connection came free (what _release and _drop do): no checkpoint
     assert first.cancelled_caught
     assert woken == (["second"] if others else [])
     assert not invoker._waiters

@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import anyio
 
-from ._backend import event_factory, running_asyncio
+from ._backend import running_asyncio
+from ._waiters import WaiterQueue
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from anyio.abc import TaskGroup
-
-    from ._backend import Waitable
 
 __all__ = ["WorkerPool"]
 
@@ -53,13 +52,12 @@ class WorkerPool(Generic[T]):
         self._handler = handler
         self._limit = limit
         self._jobs: deque[T] = deque()  # unbounded: the callers' own bound applies
-        self._idle: deque[Waitable] = deque()  # one per worker waiting for a job
-        self._new_event = event_factory()
         self._closed = False
         self.workers = 0
         # Workers started or woken that have not yet looked at the queue: each will take a
         # job, so a job put while there are at least as many of them needs no new worker.
         self._coming = 0
+        self._idle = WaiterQueue(lost_turn=self._not_coming)  # workers waiting for a job
         # asyncio: the workers' tasks, and what ends their supervisor (see the module's doc).
         self._loop = asyncio.get_running_loop() if running_asyncio() else None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -74,7 +72,7 @@ class WorkerPool(Generic[T]):
         self._jobs.append(job)
         if self._idle:
             self._coming += 1
-            self._idle.popleft().set()
+            self._idle.wake()
         elif len(self._jobs) > self._coming:
             # Never left for a busy worker: that one may be waiting for this job's slot.
             self._coming += 1
@@ -91,9 +89,13 @@ class WorkerPool(Generic[T]):
         self._closed = True
         while self._idle:
             self._coming += 1
-            self._idle.popleft().set()
+            self._idle.wake()
         if not self.workers:
             self._ended.set()
+
+    def _not_coming(self) -> None:
+        """A worker woken for a job was cancelled before it looked at the queue."""
+        self._coming -= 1
 
     async def _supervise(self) -> None:
         try:
@@ -126,16 +128,7 @@ class WorkerPool(Generic[T]):
                     return  # no more jobs, or more idle workers than are kept
                 else:
                     # Woken by put() or close(); another worker may have taken the job first.
-                    event = self._new_event()
-                    self._idle.append(event)
-                    try:
-                        await event.wait()
-                    except BaseException:
-                        if event.is_set():
-                            self._coming -= 1
-                        else:
-                            self._idle.remove(event)
-                        raise
+                    await self._idle.wait()
                     self._coming -= 1  # woken: at the queue now
         finally:
             self.workers -= 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from collections import deque
 from typing import TYPE_CHECKING, Final, Protocol, final
 from urllib.parse import quote
 
@@ -20,6 +19,7 @@ from .._errors import (
 )
 from .._http import _tls_context
 from .._invoke import finish
+from .._waiters import WaiterQueue
 from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
 from ._wire import (
@@ -113,7 +113,8 @@ class FastInvoker:
         self._idle: list[Connection] = []  # LIFO: the warmest connection first
         self._busy: set[Connection] = set()  # in an exchange
         self._open = 0  # idle, busy and being opened
-        self._waiters: deque[anyio.Event] = deque()
+        # Calls waiting for a connection while all are busy; a turn lost goes to the next.
+        self._waiters = WaiterQueue(lost_turn=self._pass_turn)
         self._scopes: set[_Scope] = set()  # what abort() cancels besides wires
         self._connecting: dict[anyio.CancelScope, float] = {}  # on asyncio, with deadlines
         self._new_scope: Callable[..., _Scope] = anyio.CancelScope
@@ -275,7 +276,7 @@ class FastInvoker:
         """Stop every exchange in progress, and refuse later ones: they return ``None``."""
         self._aborted = True
         while self._waiters:  # calls waiting for a connection: they find it aborted
-            self._wake()
+            self._waiters.wake()
         for connection in tuple(self._busy):
             connection.wire.abort()
         for connecting in tuple(self._connecting):
@@ -344,24 +345,14 @@ class FastInvoker:
                 raise WireAbortedError
 
     async def _wait_for_connection(self, deadline: float) -> None:
-        event = anyio.Event()
-        self._waiters.append(event)
-        try:
-            with anyio.move_on_at(deadline) as scope:  # on asyncio, nothing else bounds it
-                await event.wait()
-        except BaseException:
-            self._leave_queue(event)
-            raise
+        with anyio.move_on_at(deadline) as scope:  # on asyncio, nothing else bounds it
+            await self._waiters.wait()
         if scope.cancelled_caught:
-            self._leave_queue(event)
             raise WireTimeoutError
 
-    def _leave_queue(self, event: anyio.Event) -> None:
-        """A waiter gives up: its turn, if it was given one, goes to the next waiter."""
-        if not event.is_set():
-            self._waiters.remove(event)
-        elif self._waiters:
-            self._wake()
+    def _pass_turn(self) -> None:
+        if self._waiters:
+            self._waiters.wake()
 
     async def _connect(self, deadline: float) -> Connection:
         self._open += 1
@@ -383,7 +374,7 @@ class FastInvoker:
         except BaseException as exc:
             self._open -= 1
             if self._waiters:
-                self._wake()
+                self._waiters.wake()
             if isinstance(exc, LOST):
                 raise _ConnectError(_describe(exc)) from exc
             raise
@@ -413,18 +404,15 @@ class FastInvoker:
         connection.pooled = True
         self._idle.append(connection)
         if self._waiters:
-            self._wake()
+            self._waiters.wake()
 
     async def _drop(self, connection: Connection) -> None:
         """Close a connection that is not in the pool (also when cancelled)."""
         self._busy.discard(connection)
         self._open -= 1
         if self._waiters:
-            self._wake()
+            self._waiters.wake()
         await connection.wire.aclose()
-
-    def _wake(self) -> None:
-        self._waiters.popleft().set()
 
 
 def _may_resend(invocation: Invocation) -> bool:
