@@ -1,6 +1,7 @@
 """Invoker.abort(): the controller's shutdown stops every invocation in progress, and every later
-one, through one call. Each stopped invocation returns None, promptly, and leaves no connection
-open; an invocation after the abort never reaches the gateway. FastInvoker and HttpxInvoker."""
+one, through one call. Each stopped invocation returns a cancelled result
+(`InvocationCancelledError`), promptly, and leaves no connection open; an invocation after the
+abort never reaches the gateway. FastInvoker and HttpxInvoker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import attrs
 import pytest
 
 from aioconnector import ControllerConfig
-from aioconnector._errors import UpstreamTimeoutError
+from aioconnector._errors import InvocationCancelledError, UpstreamTimeoutError
 from aioconnector._fastpath import FastInvoker
 from aioconnector._fastpath import _invoker as invoker_module
 from aioconnector._fastpath import _wire as wire_module
@@ -26,6 +27,17 @@ from aioconnector._invoke import HttpxInvoker, Invoker
 from aioconnector._results import InvocationResult
 
 from .test_fastpath import OK, WAIT, Peer, fast, invocation, raw_server, wait_until
+
+
+def cancelled(result: InvocationResult) -> bool:
+    """Whether ``result`` is what an aborted call returns: no answer, InvocationCancelledError."""
+    return (
+        result.status is None
+        and isinstance(result.error, InvocationCancelledError)
+        and not result.ok
+        and result.attempts == 1
+    )
+
 
 PROC_NET_TCP = Path("/proc/net/tcp")  # Linux: this host's IPv4 TCP sockets and their states
 LINUX_TCP_TABLE = PROC_NET_TCP.exists()
@@ -86,10 +98,10 @@ class Answering:
 
 async def abort_when(
     invoker: Invoker, calls: int, ready: Callable[[], bool]
-) -> tuple[list[InvocationResult | None], float]:
+) -> tuple[list[InvocationResult], float]:
     """Start ``calls`` invocations, abort once ``ready()``; their results, and how long they
     took to return after the abort (seconds)."""
-    results: list[InvocationResult | None] = []
+    results: list[InvocationResult] = []
 
     async def call() -> None:
         results.append(await invoker.invoke(invocation()))
@@ -114,7 +126,7 @@ async def test_abort_stops_an_invoke_in_progress(kind: str) -> None:
         results, returned_after = await abort_when(invoker, 1, lambda: len(hanging.requests) == 1)
         with anyio.fail_after(WAIT):
             await wait_until(lambda: hanging.closed_by_client == 1)  # its connection closed
-    assert results == [None]
+    assert [cancelled(r) for r in results] == [True]
     assert returned_after < PROMPT
     assert server.connections == 1
 
@@ -125,13 +137,13 @@ async def test_abort_stops_every_invoke_in_progress(kind: str) -> None:
         results, returned_after = await abort_when(invoker, 3, lambda: len(hanging.requests) == 3)
         with anyio.fail_after(WAIT):
             await wait_until(lambda: hanging.closed_by_client == 3)
-    assert results == [None, None, None]
+    assert [cancelled(r) for r in results] == [True, True, True]
     assert returned_after < PROMPT
     assert server.connections == 3
 
 
 async def test_abort_while_the_response_body_is_arriving(kind: str) -> None:
-    """The head arrived, the body stalls: the abort still ends the call with None."""
+    """The head arrived, the body stalls: the abort still ends the call, cancelled."""
     headed = anyio.Event()
     released = anyio.Event()
 
@@ -143,7 +155,7 @@ async def test_abort_while_the_response_body_is_arriving(kind: str) -> None:
         released.set()
 
     async with raw_server(half) as server, invoker_for(kind, server.url) as invoker:
-        results: list[InvocationResult | None] = []
+        results: list[InvocationResult] = []
 
         async def call() -> None:
             results.append(await invoker.invoke(invocation()))
@@ -155,7 +167,7 @@ async def test_abort_while_the_response_body_is_arriving(kind: str) -> None:
                 await anyio.sleep(0.05)  # loop turns: the client reads the head and "half"
                 invoker.abort()
             await released.wait()  # the server saw its connection close
-    assert results == [None]
+    assert [cancelled(r) for r in results] == [True]
     assert server.connections == 1
 
 
@@ -172,8 +184,8 @@ async def test_invoke_after_abort_does_not_contact_the_server(kind: str, pooled:
                 assert first is not None
                 assert first.ok
             invoker.abort()
-            assert await invoker.invoke(invocation()) is None
-            assert await invoker.invoke(invocation()) is None  # every later one, too
+            assert cancelled(await invoker.invoke(invocation()))
+            assert cancelled(await invoker.invoke(invocation()))  # every later one, too
             await anyio.sleep(0.05)  # loop turns: a request sent would have arrived by now
     expected = 1 if pooled else 0
     assert server.connections == expected
@@ -186,7 +198,7 @@ async def test_abort_is_idempotent(kind: str) -> None:
         invoker.abort()
         invoker.abort()
         with anyio.fail_after(WAIT):
-            assert await invoker.invoke(invocation()) is None
+            assert cancelled(await invoker.invoke(invocation()))
     assert server.connections == 0
 
 
@@ -236,7 +248,7 @@ async def test_abort_while_connecting(kind: str) -> None:
         results, returned_after = await abort_when(invoker, 1, lambda: connecting_to(port) == 1)
         with anyio.fail_after(WAIT):
             await wait_until(lambda: connecting_to(port) == 0)  # the attempt was given up
-    assert results == [None]
+    assert [cancelled(r) for r in results] == [True]
     assert returned_after < PROMPT
 
 
@@ -284,7 +296,7 @@ async def test_fast_abort_as_the_connection_is_made_sends_nothing(
         with anyio.fail_after(WAIT):
             result = await invoker.invoke(invocation())
             await wait_until(lambda: server.closed == server.connections == 1)
-    assert result is None
+    assert cancelled(result)
     assert hanging.requests == []
 
 
@@ -296,7 +308,7 @@ async def test_fast_abort_while_waiting_for_a_pooled_connection() -> None:
         raw_server(hanging) as server,
         fast(server.url, max_concurrency=1, upstream_timeout=1) as invoker,
     ):
-        results: list[InvocationResult | None] = []
+        results: list[InvocationResult] = []
 
         async def call() -> None:
             results.append(await invoker.invoke(invocation()))
@@ -308,7 +320,7 @@ async def test_fast_abort_while_waiting_for_a_pooled_connection() -> None:
                 tg.start_soon(call)
                 await wait_until(lambda: len(invoker._waiters) == 1)  # waits for the pool
                 invoker.abort()
-    assert results == [None, None]
+    assert [cancelled(r) for r in results] == [True, True]
     assert len(hanging.requests) == 1
     assert server.connections == 1
 
@@ -335,7 +347,7 @@ async def test_fast_pool_waiter_cancelled_as_it_is_woken(others: int) -> None:
                 tg.start_soon(wait, "second", anyio.CancelScope())
                 await wait_until(lambda: len(invoker._waiters) == 2)
             first.cancel()
-            invoker._waiters.wake()  # a connection came free (what _release and _drop do): no checkpoint
+            invoker._waiters.wake()  # a connection came free (as in _release, _drop): no checkpoint
     assert first.cancelled_caught
     assert woken == (["second"] if others else [])
     assert not invoker._waiters

@@ -10,6 +10,7 @@ import attrs
 import httpx
 
 from ._errors import (
+    InvocationCancelledError,
     InvocationError,
     ResponseTooLargeError,
     UpstreamConnectionError,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from ._config import ControllerConfig
 
-__all__ = ["HttpxInvoker", "Invocation", "Invoker", "finish"]
+__all__ = ["HttpxInvoker", "Invocation", "Invoker", "cancelled", "finish"]
 
 
 # The connection was never made, so the request never left: always safe to retry.
@@ -48,11 +49,12 @@ class Invocation:
 class Invoker(Protocol):
     """Sends one invocation. Per-call failures come back as results; cancellation propagates."""
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
-        """The invocation's result; ``None`` when `abort` stopped it."""
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        """The invocation's result (`cancelled` when `abort` stopped it)."""
 
     def abort(self) -> None:
-        """Stop every invocation in progress (they return ``None``), and every later one.
+        """Stop every invocation in progress (they return `cancelled` results), and every
+        later one.
 
         The controller's shutdown calls it after ``drain_timeout``: one call instead of a
         cancel scope around every request.
@@ -94,7 +96,7 @@ class HttpxInvoker:
         # safe="" quotes "/" too: an address can never leave /function/.
         return self._prefix + quote(function, safe="")
 
-    async def invoke(self, invocation: Invocation) -> InvocationResult | None:
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
         started = anyio.current_time()
         status: int | None = None
         headers: dict[str, str] = {}
@@ -136,7 +138,7 @@ class HttpxInvoker:
             finally:
                 self._scopes.discard(deadline)
         if self._aborted and deadline.cancelled_caught:
-            return None
+            return cancelled(invocation, anyio.current_time() - started, attempts=1)
         return finish(
             invocation,
             started=started,
@@ -180,6 +182,22 @@ def finish(
         duration=now - started,
         error=error,
         call_id=headers.get("x-call-id"),
+        context=invocation.context,
+    )
+
+
+def cancelled(invocation: Invocation, duration: float, *, attempts: int) -> InvocationResult:
+    """The result of an invocation that the controller's shutdown stopped (after
+    ``drain_timeout``): before its request (``attempts`` 0) or during one."""
+    return InvocationResult(
+        topic=invocation.topic,
+        function=invocation.function,
+        status=None,
+        duration=duration,
+        error=InvocationCancelledError(
+            f"{invocation.function}: cancelled at shutdown after drain_timeout"
+        ),
+        attempts=attempts,
         context=invocation.context,
     )
 

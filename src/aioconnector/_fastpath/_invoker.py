@@ -18,7 +18,7 @@ from .._errors import (
     UpstreamConnectionError,
 )
 from .._http import _tls_context
-from .._invoke import finish
+from .._invoke import cancelled, finish
 from .._waiters import WaiterQueue
 from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
@@ -130,8 +130,8 @@ class FastInvoker:
 
     async def invoke(
         self, invocation: Invocation, *, scoped: list[Connection] | None = None
-    ) -> InvocationResult | None:
-        """The result of one exchange; ``None`` when `abort` stopped it.
+    ) -> InvocationResult:
+        """The result of one exchange (`cancelled` when `abort` stopped it).
 
         On asyncio the deadline sweep enforces deadlines (see `_start_sweep`); elsewhere each
         call runs in a cancel scope of its own (``scoped``: in it already, and where to put
@@ -142,7 +142,7 @@ class FastInvoker:
         if self._closed:
             raise RuntimeError("this FastInvoker is closed")
         if self._aborted:
-            return None
+            return cancelled(invocation, 0.0, attempts=1)
         # One deadline for the whole exchange, connecting included, as HttpxInvoker.
         deadline = math.inf if self._timeout is None else started + self._timeout
         if not (self._native or scoped is not None):
@@ -186,7 +186,7 @@ class FastInvoker:
         except WireTimeoutError:
             timed_out = True
         except WireAbortedError:
-            return None
+            return cancelled(invocation, clock() - started, attempts=1)
         except _FAILURES as exc:
             error = _error_for(invocation, exc)
         finally:
@@ -208,7 +208,7 @@ class FastInvoker:
 
     async def _invoke_in_scope(
         self, invocation: Invocation, started: float, deadline: float
-    ) -> InvocationResult | None:
+    ) -> InvocationResult:
         """`invoke` in a cancel scope with the call's deadline, which `abort` cancels."""
         scope = self._new_scope(deadline=deadline)
         used: list[Connection] = []
@@ -218,9 +218,9 @@ class FastInvoker:
                 return await self.invoke(invocation, scoped=used)
             finally:
                 self._scopes.discard(scope)
-        if self._aborted:
-            return None
         assert self._clock is not None  # noqa: S101 - bound by the call
+        if self._aborted:
+            return cancelled(invocation, self._clock() - started, attempts=1)
         answered = used[-1] if used and used[-1].status is not None else None
         return finish(
             invocation,
@@ -273,7 +273,8 @@ class FastInvoker:
             self._start_sweep()
 
     def abort(self) -> None:
-        """Stop every exchange in progress, and refuse later ones: they return ``None``."""
+        """Stop every exchange in progress, and refuse later ones: they return `cancelled`
+        results."""
         self._aborted = True
         while self._waiters:  # calls waiting for a connection: they find it aborted
             self._waiters.wake()
