@@ -23,13 +23,51 @@ from ._results import InvocationResult
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from ._config import ControllerConfig
+    from ._config import BasicAuth, ControllerConfig
 
-__all__ = ["HttpxInvoker", "Invocation", "Invoker", "cancelled", "finish"]
+__all__ = [
+    "HttpxInvoker",
+    "Invocation",
+    "Invoker",
+    "RequestPlan",
+    "cancelled",
+    "finish",
+    "lost",
+    "not_sent",
+]
 
 
 # The connection was never made, so the request never left: always safe to retry.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@attrs.frozen
+class RequestPlan:
+    """What every invocation request shares, worked out once from the config, for both
+    invokers: where requests go, the credentials they carry, and their limits."""
+
+    prefix: str
+    """The gateway URL and route, up to the function's address."""
+    credentials: BasicAuth | None
+    """Sent with invocations only when ``auth_invocations`` (off by default: functions, and
+    whoever they call back, never see the gateway password)."""
+    timeout: float | None
+    max_response_bytes: int
+
+    @classmethod
+    def from_config(cls, config: ControllerConfig) -> RequestPlan:
+        route = "async-function" if config.async_invocation else "function"
+        return cls(
+            prefix=f"{config.gateway_url}/{route}/",
+            credentials=config.credentials if config.auth_invocations else None,
+            timeout=config.upstream_timeout,
+            max_response_bytes=config.max_response_bytes,
+        )
+
+    def url_for(self, function: str) -> str:
+        """The function's invocation URL. ``safe=""`` quotes "/" too: an address can never
+        leave the route."""
+        return self.prefix + quote(function, safe="")
 
 
 @attrs.define(kw_only=True)
@@ -69,18 +107,12 @@ class HttpxInvoker:
     """Invokes functions through the gateway with a shared ``httpx.AsyncClient``."""
 
     def __init__(self, client: httpx.AsyncClient, config: ControllerConfig) -> None:
-        route = "async-function" if config.async_invocation else "function"
-        self._prefix = f"{config.gateway_url}/{route}/"
+        plan = self._plan = RequestPlan.from_config(config)
         self._client = client
-        self._timeout = config.upstream_timeout
-        self._max_bytes = config.max_response_bytes
-        creds = config.credentials
-        # Off by default: functions (and whoever they call back) never see the gateway password.
-        self._auth = (
-            httpx.BasicAuth(creds.user, creds.password)
-            if creds is not None and config.auth_invocations
-            else None
-        )
+        self._timeout = plan.timeout
+        self._max_bytes = plan.max_response_bytes
+        creds = plan.credentials
+        self._auth = None if creds is None else httpx.BasicAuth(creds.user, creds.password)
         self._scopes: set[anyio.CancelScope] = set()
         self._aborted = False
 
@@ -93,8 +125,7 @@ class HttpxInvoker:
         """Nothing to do: the controller closes the shared client."""
 
     def url_for(self, function: str) -> str:
-        # safe="" quotes "/" too: an address can never leave /function/.
-        return self._prefix + quote(function, safe="")
+        return self._plan.url_for(function)
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         started = anyio.current_time()
@@ -125,13 +156,11 @@ class HttpxInvoker:
                 finally:
                     await response.aclose()
             except _NOT_SENT as exc:
-                error = UpstreamConnectionError(
-                    f"{invocation.function}: {describe(exc)}", request_sent=False
-                )
+                error = not_sent(invocation, describe(exc))
             except httpx.TimeoutException as exc:
                 error = UpstreamTimeoutError(f"{invocation.function}: {type(exc).__name__}")
             except httpx.TransportError as exc:
-                error = _lost(invocation.function, exc)
+                error = _lost(invocation, exc)
             except ResponseTooLargeError as exc:
                 error = exc
                 body = b""
@@ -202,14 +231,30 @@ def cancelled(invocation: Invocation, duration: float, *, attempts: int) -> Invo
     )
 
 
-def _lost(function: str, exc: httpx.TransportError) -> InvocationError:
-    """The error for a request that was sent and got no complete answer."""
+# The errors of an exchange, the same for both invokers (each says which of its exceptions is
+# which): the request never left; it left and no complete answer came; the answer was too
+# large (`ResponseTooLargeError`, as raised); the deadline passed (`finish`); shutdown
+# (`cancelled`).
+
+
+def not_sent(invocation: Invocation, why: str) -> UpstreamConnectionError:
+    """The connection could not be made: the request never left (always safe to retry)."""
+    return UpstreamConnectionError(f"{invocation.function}: {why}", request_sent=False)
+
+
+def lost(invocation: Invocation, why: str) -> UpstreamConnectionError:
+    """The request was sent (it may have been processed) and no complete answer came."""
+    return UpstreamConnectionError(f"{invocation.function}: {why}", request_sent=True)
+
+
+def _lost(invocation: Invocation, exc: httpx.TransportError) -> InvocationError:
+    """httpx's error for a request that was sent and got no complete answer."""
     if isinstance(exc, httpx.RemoteProtocolError) and "Receive buffer too long" in str(exc):
         # h11's words for a head over httpcore's 100 KiB, the fast path's MAX_RESPONSE_HEAD_BYTES
         # too (httpcore checks between reads of up to 64 KiB, so not to the byte). Not imported:
         # _fastpath imports this module; a test checks that both messages agree.
         return ResponseTooLargeError("response head over the limit of 102400 bytes")
-    return UpstreamConnectionError(f"{function}: {describe(exc)}", request_sent=True)
+    return lost(invocation, describe(exc))
 
 
 def _flatten(headers: httpx.Headers) -> dict[str, str]:

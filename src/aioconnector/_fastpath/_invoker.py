@@ -6,7 +6,6 @@ import asyncio
 import base64
 import math
 from typing import TYPE_CHECKING, Final, Protocol, final
-from urllib.parse import quote
 
 import anyio
 import httpx
@@ -15,10 +14,9 @@ from .._backend import loop_clock, running_asyncio
 from .._errors import (
     InvocationError,
     ResponseTooLargeError,
-    UpstreamConnectionError,
 )
 from .._http import _tls_context
-from .._invoke import cancelled, finish
+from .._invoke import RequestPlan, cancelled, finish, lost, not_sent
 from .._waiters import WaiterQueue
 from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
@@ -91,23 +89,21 @@ class FastInvoker:
     """
 
     def __init__(self, config: ControllerConfig) -> None:
+        plan = self._plan = RequestPlan.from_config(config)
         base = httpx.URL(config.gateway_url)
-        route = "async-function" if config.async_invocation else "function"
-        self._prefix = f"{config.gateway_url}/{route}/"
         self._host = base.raw_host.decode("ascii")
         https = base.scheme == "https"
         self._port = base.port or (443 if https else 80)
         context = _tls_context(config)  # a context for https, else True
         self._tls: ssl.SSLContext | None = None if isinstance(context, bool) else context
         self._host_line = b"Host: " + base.netloc + b"\r\n"
-        creds = config.credentials
-        # Off by default: functions (and whoever they call back) never see the gateway password.
+        creds = plan.credentials
         self._auth = b""
-        if creds is not None and config.auth_invocations:
+        if creds is not None:
             token = base64.b64encode(f"{creds.user}:{creds.password}".encode())
             self._auth = b"Authorization: Basic " + token + b"\r\n"
-        self._timeout = config.upstream_timeout
-        self._max_bytes = config.max_response_bytes
+        self._timeout = plan.timeout
+        self._max_bytes = plan.max_response_bytes
         self._limit = config.max_concurrency
         self._heads: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         self._idle: list[Connection] = []  # LIFO: the warmest connection first
@@ -301,8 +297,7 @@ class FastInvoker:
     def _prepare(self, key: tuple[str, tuple[tuple[str, str], ...]]) -> bytes:
         """The request head up to the Content-Length value, cached per function and headers."""
         function, fields = key
-        # safe="" quotes "/" too: an address can never leave /function/.
-        target = httpx.URL(self._prefix + quote(function, safe="")).raw_path
+        target = httpx.URL(self._plan.url_for(function)).raw_path
         lines = [b"POST ", target, b" HTTP/1.1\r\n", self._host_line]
         for name, value in fields:
             if self._auth and name.lower() == "authorization":
@@ -424,16 +419,11 @@ def _may_resend(invocation: Invocation) -> bool:
 def _error_for(invocation: Invocation, exc: BaseException) -> InvocationError:
     """The result's error for one of the `_FAILURES` of an exchange."""
     if isinstance(exc, _ConnectError):
-        return UpstreamConnectionError(f"{invocation.function}: {exc}", request_sent=False)
+        return not_sent(invocation, str(exc))
     if isinstance(exc, UnansweredError):
-        cause = exc.__cause__ or exc
-        return UpstreamConnectionError(
-            f"{invocation.function}: {_describe(cause)}", request_sent=True
-        )
+        return lost(invocation, _describe(exc.__cause__ or exc))
     if isinstance(exc, (*LOST, MalformedResponseError)):
-        return UpstreamConnectionError(
-            f"{invocation.function}: {_describe(exc)}", request_sent=True
-        )
+        return lost(invocation, _describe(exc))
     assert isinstance(exc, ResponseTooLargeError)  # noqa: S101 - the last of _FAILURES
     return exc
 
