@@ -294,12 +294,16 @@ class AnyioWire:
     """An anyio byte stream as a `Wire`, for trio. Its exchanges run in cancel scopes with
     their deadlines, so `arm`, `expire` and `abort` have nothing to do."""
 
-    __slots__ = ("_pending", "_socket", "_stream", "deadline")
+    __slots__ = ("_pending", "_poll", "_socket", "_stream", "deadline")
 
     def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
         # anyio builds every extra attribute on each extra() call: look the socket up once.
         self._socket: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+        self._poll: select.poll | None = None  # as AsyncioWire's: no exception per check
+        if self._socket is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(self._socket.fileno(), select.POLLIN)
         self._pending = b""
         self.deadline = math.inf
 
@@ -315,11 +319,13 @@ class AnyioWire:
         return await self._stream.receive(max_bytes)
 
     def intact(self) -> bool:
-        """A peek at the socket, as httpcore does: readable while idle means unusable."""
-        sock = self._socket
+        """Readable while idle means unusable (EOF, or bytes out of step), as for httpcore."""
+        if self._poll is not None:
+            return not self._poll.poll(0)
+        sock = self._socket  # pragma: no cover - platforms without poll(), such as Windows
         if sock is None:  # pragma: no cover - anyio's TCP streams always have one
             return True
-        try:
+        try:  # pragma: no cover
             sock.recv(1, _PEEK)  # b"": EOF; a byte: out of step. Either way, unusable
         except BlockingIOError:
             return True  # nothing to read: intact
