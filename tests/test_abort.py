@@ -19,12 +19,11 @@ import pytest
 from aioconnector import ControllerConfig
 from aioconnector._errors import InvocationCancelledError, UpstreamTimeoutError
 from aioconnector._fastpath import FastInvoker
-from aioconnector._fastpath import _invoker as invoker_module
-from aioconnector._fastpath import _wire as wire_module
-from aioconnector._fastpath._wire import AsyncioWire
+from aioconnector._fastpath._wire import Wire
 from aioconnector._http import open_client
 from aioconnector._invoke import HttpxInvoker, Invoker
 from aioconnector._results import InvocationResult
+from aioconnector._runtime import AsyncioRuntime, Runtime, TrioRuntime
 
 from .test_fastpath import OK, WAIT, Peer, fast, invocation, raw_server, wait_until
 
@@ -278,21 +277,17 @@ async def test_fast_abort_as_the_connection_is_made_sends_nothing(
     connect's wrappers below call it just before returning the new connection)."""
     hanging = Hanging()
     async with raw_server(hanging) as server, fast(server.url, upstream_timeout=1) as invoker:
-        real_open = wire_module.open_asyncio_wire
-        real_connect = anyio.connect_tcp
+        for runtime in (AsyncioRuntime, TrioRuntime):
+            real_connect = runtime.connect
 
-        async def open_then_abort(*args: Any, **kwargs: Any) -> AsyncioWire:
-            wire = await real_open(*args, **kwargs)
-            invoker.abort()
-            return wire
+            async def connect_then_abort(
+                self: Runtime, *args: Any, _real: Any = real_connect
+            ) -> Wire:
+                wire: Wire = await _real(self, *args)
+                invoker.abort()
+                return wire
 
-        async def connect_then_abort(*args: Any, **kwargs: Any) -> Any:
-            stream = await real_connect(*args, **kwargs)
-            invoker.abort()
-            return stream
-
-        monkeypatch.setattr(invoker_module, "open_asyncio_wire", open_then_abort)  # asyncio
-        monkeypatch.setattr(anyio, "connect_tcp", connect_then_abort)  # trio
+            monkeypatch.setattr(runtime, "connect", connect_then_abort)
         with anyio.fail_after(WAIT):
             result = await invoker.invoke(invocation())
             await wait_until(lambda: server.closed == server.connections == 1)

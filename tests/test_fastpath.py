@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gc
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -34,7 +35,6 @@ from aioconnector._fastpath._parse import (
     MalformedResponseError,
     parse_head,
 )
-from aioconnector._fastpath._wire import AnyioWire
 from aioconnector._http import open_client
 from aioconnector._invoke import HttpxInvoker, Invocation, _flatten
 from aioconnector._results import InvocationResult
@@ -1027,24 +1027,40 @@ def test_head_parser_agrees_with_h11_on_edge_cases(data: bytes) -> None:
 # -- whole responses, split anywhere, read as h11 reads them ---------------------------------
 
 
-class _Pieces(anyio.abc.ByteStream):
-    """A stream that hands out a response in the given pieces, then EOF."""
+class _Pieces:
+    """A wire that hands out a response in the given pieces, then EOF."""
+
+    deadline = math.inf
 
     def __init__(self, pieces: list[bytes]) -> None:
         self._pieces = pieces
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return False
+
+    async def drain(self) -> None:  # pragma: no cover - write never asks for it
+        raise NotImplementedError
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if not self._pieces:
             raise anyio.EndOfStream
         return self._pieces.pop(0)
 
-    async def send(self, item: bytes) -> None:
-        self.sent = item
+    def intact(self) -> bool:  # pragma: no cover - never pooled here
+        return True
 
-    async def send_eof(self) -> None:  # pragma: no cover
+    def arm(self, deadline: float) -> None:  # pragma: no cover
+        self.deadline = deadline
+
+    def expire(self) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    async def aclose(self) -> None:
+    def abort(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def aclose(self) -> None:  # pragma: no cover
         self._pieces = []
 
 
@@ -1074,7 +1090,7 @@ async def test_any_split_of_a_response_reads_as_h11_reads_it(
     raw, status, body = response
     cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=8)))
     pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
-    connection = Connection(AnyioWire(_Pieces(pieces)))
+    connection = Connection(_Pieces(pieces))
     got_status, headers, got_body, in_step = await connection.exchange(b"request", 1 << 20)
 
     reference = h11.Connection(h11.CLIENT)
@@ -1090,3 +1106,4 @@ async def test_any_split_of_a_response_reads_as_h11_reads_it(
     h11_call_ids = [v.decode() for k, v in head.headers if k == b"x-call-id"]
     assert headers.get("x-call-id") == (", ".join(h11_call_ids) or None)
     assert in_step
+    assert connection.wire.sent == [b"request"]  # type: ignore[attr-defined]

@@ -2,41 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import TYPE_CHECKING, Final, final
 
 import anyio
 import httpx
 
-from .._backend import loop_clock, running_asyncio
 from .._errors import (
     InvocationError,
     ResponseTooLargeError,
 )
 from .._http import _tls_context
 from .._invoke import RequestPlan, cancelled, finish, lost, not_sent
+from .._runtime import current_runtime
 from .._waiters import WaiterQueue
 from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
-from ._wire import (
-    AnyioWire,
-    AsyncioWire,
-    Wire,
-    WireAbortedError,
-    WireTimeoutError,
-    open_asyncio_wire,
-)
+from ._wire import WireAbortedError, WireTimeoutError
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
-    from types import TracebackType
 
     from .._config import ControllerConfig
     from .._invoke import Invocation
     from .._results import InvocationResult
+    from .._runtime import Runtime, Timer
+    from ._wire import Wire
 
 __all__ = ["FastInvoker"]
 
@@ -44,24 +37,9 @@ _HEAD_CACHE: Final = 1024  # cached request heads (function x header set); FIFO 
 _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dropped, as httpx
 # Headers that make a request safe to resend on a new connection (as in Go's net/http).
 _IDEMPOTENCY_KEYS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
-# How often deadlines are checked on asyncio: 1/20 of upstream_timeout, within these bounds.
+# How often deadlines are checked: 1/20 of upstream_timeout, within these bounds.
 _SWEEP_MIN: Final = 0.005
 _SWEEP_MAX: Final = 0.1
-
-
-class _Scope(Protocol):
-    """What the invoker uses of a cancel scope, anyio's or trio's."""
-
-    @property
-    def cancelled_caught(self) -> bool: ...
-    def cancel(self) -> None: ...
-    def __enter__(self) -> object: ...
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool: ...
 
 
 class _ConnectError(Exception):
@@ -84,11 +62,13 @@ class FastInvoker:
 
     Gives the same results as `HttpxInvoker` for the same gateway behaviour. Opens at most
     ``max_concurrency`` connections; a call finding them all busy waits for one (the controller
-    never lets that happen). On asyncio its connections are `AsyncioWire` protocols; elsewhere
-    anyio streams. Close it with :meth:`aclose`.
+    never lets that happen). Its connections are the runtime's wires (`AsyncioWire`,
+    `TrioWire`); one periodic sweep enforces every call's deadline. Close it with :meth:`aclose`.
+
+    ``runtime``: the event loop's (`current_runtime`), taken at the first call if not given.
     """
 
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(self, config: ControllerConfig, runtime: Runtime | None = None) -> None:
         plan = self._plan = RequestPlan.from_config(config)
         base = httpx.URL(config.gateway_url)
         self._host = base.raw_host.decode("ascii")
@@ -111,28 +91,18 @@ class FastInvoker:
         self._open = 0  # idle, busy and being opened
         # Calls waiting for a connection while all are busy; a turn lost goes to the next.
         self._waiters = WaiterQueue(lost_turn=self._pass_turn)
-        self._scopes: set[_Scope] = set()  # what abort() cancels besides wires
-        self._connecting: dict[anyio.CancelScope, float] = {}  # on asyncio, with deadlines
-        self._new_scope: Callable[..., _Scope] = anyio.CancelScope
+        self._connecting: dict[anyio.CancelScope, float] = {}  # connects, with deadlines
         self._closed = False
         self._aborted = False
-        # Bound at the first call, inside the event loop: its clock, and whether it is asyncio.
-        self._clock: Callable[[], float] | None = None
-        self._native = False
-        # On asyncio, deadlines are swept for (see _start_sweep): at most this late.
-        self._sweep: asyncio.TimerHandle | None = None
+        self._runtime = runtime
+        self._clock: Callable[[], float] | None = None if runtime is None else runtime.clock
+        # Deadlines are swept for (see _start_sweep): at most this late.
+        self._sweep: Timer | None = None
         timeout = config.upstream_timeout or 0.0
         self._sweep_every = min(_SWEEP_MAX, max(_SWEEP_MIN, timeout / 20))
 
-    async def invoke(
-        self, invocation: Invocation, *, scoped: list[Connection] | None = None
-    ) -> InvocationResult:
-        """The result of one exchange (`cancelled` when `abort` stopped it).
-
-        On asyncio the deadline sweep enforces deadlines (see `_start_sweep`); elsewhere each
-        call runs in a cancel scope of its own (``scoped``: in it already, and where to put
-        the connection, whose answer's head is reported if the scope cancels the call).
-        """
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        """The result of one exchange (`cancelled` when `abort` stopped it)."""
         clock = self._clock or self._bind()
         started = clock()
         if self._closed:
@@ -141,8 +111,6 @@ class FastInvoker:
             return cancelled(invocation, 0.0, attempts=1)
         # One deadline for the whole exchange, connecting included, as HttpxInvoker.
         deadline = math.inf if self._timeout is None else started + self._timeout
-        if not (self._native or scoped is not None):
-            return await self._invoke_in_scope(invocation, started, deadline)
         status: int | None = None
         headers: dict[str, str] = {}
         body = b""
@@ -152,8 +120,6 @@ class FastInvoker:
         try:
             if connection is None:
                 connection = await self._checkout(deadline)
-            if scoped is not None:
-                scoped.append(connection)
             request = self._request(invocation)
             self._arm(connection.wire, deadline)
             try:
@@ -170,8 +136,6 @@ class FastInvoker:
                 stale, connection = connection, None
                 await self._drop(stale)
                 connection = await self._connect(deadline)
-                if scoped is not None:
-                    scoped.append(connection)
                 self._arm(connection.wire, deadline)
                 status, headers, body, keep_alive = await connection.exchange(
                     request, self._max_bytes
@@ -202,58 +166,27 @@ class FastInvoker:
             now=clock(),
         )
 
-    async def _invoke_in_scope(
-        self, invocation: Invocation, started: float, deadline: float
-    ) -> InvocationResult:
-        """`invoke` in a cancel scope with the call's deadline, which `abort` cancels."""
-        scope = self._new_scope(deadline=deadline)
-        used: list[Connection] = []
-        with scope:
-            self._scopes.add(scope)
-            try:
-                return await self.invoke(invocation, scoped=used)
-            finally:
-                self._scopes.discard(scope)
-        assert self._clock is not None  # noqa: S101 - bound by the call
-        if self._aborted:
-            return cancelled(invocation, self._clock() - started, attempts=1)
-        answered = used[-1] if used and used[-1].status is not None else None
-        return finish(
-            invocation,
-            started=started,
-            status=None if answered is None else answered.status,
-            body=b"",
-            headers={} if answered is None else answered.headers,
-            error=None,
-            timed_out=True,
-            timeout=self._timeout,
-            now=self._clock(),
-        )
-
     def _bind(self) -> Callable[[], float]:
-        self._native = running_asyncio()
-        if not self._native:
-            import trio  # noqa: PLC0415 - anyio's other backend: trio is running
-
-            # trio's own scope: anyio's wrapper around it costs a tenth of a call on trio.
-            self._new_scope = trio.CancelScope
-        clock = self._clock = loop_clock()
+        """Take the running loop's runtime (at the first call, when none was given)."""
+        runtime = self._runtime = current_runtime()
+        clock = self._clock = runtime.clock
         return clock
 
     def _arm(self, wire: Wire, deadline: float) -> None:
         wire.arm(deadline)
         if self._aborted:
             wire.abort()  # abort() came while this call was connecting
-        if self._sweep is None and self._native and deadline != math.inf:
+        if self._sweep is None and deadline != math.inf:
             self._start_sweep()
 
     def _start_sweep(self) -> None:
         """Expire the wires past their deadline, every `_sweep_every` while any is busy.
 
         Deadlines are enforced this late at most: one sweep costs less than arming and
-        cancelling a loop timer for every request.
+        cancelling a timer (or, on trio, entering a cancel scope) for every request.
         """
-        self._sweep = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep_now)
+        assert self._runtime is not None  # noqa: S101 - bound before any call arms a wire
+        self._sweep = self._runtime.call_later(self._sweep_every, self._sweep_now)
 
     def _sweep_now(self) -> None:
         self._sweep = None
@@ -278,12 +211,13 @@ class FastInvoker:
             connection.wire.abort()
         for connecting in tuple(self._connecting):
             connecting.cancel()
-        for scope in tuple(self._scopes):
-            scope.cancel()
 
     async def aclose(self) -> None:
         """Close every pooled connection; connections in use close when their call ends."""
         self._closed = True
+        if self._sweep is not None and not self._busy and not self._connecting:
+            self._sweep.cancel()  # nothing left to sweep for
+            self._sweep = None
         idle, self._idle = self._idle, []
         for connection in idle:
             await self._drop(connection)
@@ -353,20 +287,7 @@ class FastInvoker:
     async def _connect(self, deadline: float) -> Connection:
         self._open += 1
         try:
-            if self._native:
-                wire: Wire = await self._connect_asyncio(deadline)
-            elif self._tls is None:
-                wire = AnyioWire(await anyio.connect_tcp(self._host, self._port))
-            else:
-                stream = await anyio.connect_tcp(
-                    self._host,
-                    self._port,
-                    tls=True,
-                    ssl_context=self._tls,
-                    tls_hostname=self._host,
-                    tls_standard_compatible=False,  # as httpcore: EOF without close_notify
-                )
-                wire = AnyioWire(stream)
+            wire = await self._open_wire(deadline)
         except BaseException as exc:
             self._open -= 1
             if self._waiters:
@@ -378,16 +299,17 @@ class FastInvoker:
         self._busy.add(connection)
         return connection
 
-    async def _connect_asyncio(self, deadline: float) -> AsyncioWire:
+    async def _open_wire(self, deadline: float) -> Wire:
         """Connect in a cancel scope that the sweep cancels past ``deadline`` and `abort`
         cancels at once. The scope has no deadline of its own: an anyio deadline arms a loop
         timer that outlives the connect by up to ``upstream_timeout`` (a kilobyte each)."""
+        assert self._runtime is not None  # noqa: S101 - bound by the call
         with anyio.CancelScope() as scope:
             self._connecting[scope] = deadline
             if self._sweep is None and deadline != math.inf:
                 self._start_sweep()
             try:
-                return await open_asyncio_wire(self._host, self._port, self._tls)
+                return await self._runtime.connect(self._host, self._port, self._tls)
             finally:
                 del self._connecting[scope]
         raise WireAbortedError if self._aborted else WireTimeoutError

@@ -59,6 +59,7 @@ class TrioWire:
         "_failure",
         "_incoming",
         "_outgoing",
+        "_pending",
         "_plain",
         "_poll",
         "_sock",
@@ -83,6 +84,7 @@ class TrioWire:
             else tls.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
         )
         self._plain = b""  # TLS: data decrypted by `intact` (never, from a sane server)
+        self._pending = b""  # written, not yet taken by the kernel: for `drain`
         self._failure: BaseException | None = None  # end of stream, broken, or closed
         self._stop: type[WireTimeoutError | WireAbortedError] | None = None
         self._poll: select.poll | None = None  # asks the socket itself (see `intact`)
@@ -114,6 +116,29 @@ class TrioWire:
                 return data
             self._failure = anyio.EndOfStream()
             raise self._failure
+
+    def write(self, data: bytes) -> bool:
+        """Hand ``data`` to the kernel as far as it takes it now; True when the rest (or, under
+        TLS, all of it) waits for `drain`."""
+        self._check()
+        if self._ssl is not None:
+            self._pending = data
+            return True
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._broken(exc) from exc
+        if sent == len(data):
+            return False
+        self._pending = data[sent:]
+        return True
+
+    async def drain(self) -> None:
+        """Send what `write` left (waiting while the kernel's buffer is full)."""
+        data, self._pending = self._pending, b""
+        await self.send(data)
 
     async def send(self, data: bytes) -> None:
         """Hand all of ``data`` to the kernel (waiting while its buffer is full)."""

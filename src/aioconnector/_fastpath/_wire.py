@@ -9,7 +9,7 @@ sweep by its owner, so the fast path's hot loop touches no anyio machinery on as
 part of anyio's ``ByteStream`` that `Connection` uses, with anyio's exceptions, so `Connection`
 reads from it and from an anyio stream (trio, or the slow path) alike.
 
-`AnyioWire`: any anyio byte stream (trio), with deadlines left to the caller's cancel scope.
+`TrioWire` (in `_triowire`) is the same on trio, on a plain socket.
 """
 
 from __future__ import annotations
@@ -17,19 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 import select
-import socket
 from typing import TYPE_CHECKING, Final, Protocol, cast, final
 
 import anyio
-from anyio.abc import SocketAttribute
 
 if TYPE_CHECKING:
     import ssl
 
-    from anyio.abc import ByteStream
-
 __all__ = [
-    "AnyioWire",
     "AsyncioWire",
     "Wire",
     "WireAbortedError",
@@ -284,63 +279,3 @@ async def open_asyncio_wire(host: str, port: int, tls: ssl.SSLContext | None) ->
         server_hostname=host if tls is not None else None,
     )
     return wire
-
-
-_PEEK: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-
-
-@final
-class AnyioWire:
-    """An anyio byte stream as a `Wire`, for trio. Its exchanges run in cancel scopes with
-    their deadlines, so `arm`, `expire` and `abort` have nothing to do."""
-
-    __slots__ = ("_pending", "_poll", "_socket", "_stream", "deadline")
-
-    def __init__(self, stream: ByteStream) -> None:
-        self._stream = stream
-        # anyio builds every extra attribute on each extra() call: look the socket up once.
-        self._socket: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
-        self._poll: select.poll | None = None  # as AsyncioWire's: no exception per check
-        if self._socket is not None and hasattr(select, "poll"):
-            self._poll = select.poll()
-            self._poll.register(self._socket.fileno(), select.POLLIN)
-        self._pending = b""
-        self.deadline = math.inf
-
-    def write(self, data: bytes) -> bool:
-        self._pending = data
-        return True  # sent by drain(): an anyio stream has no synchronous write
-
-    async def drain(self) -> None:
-        data, self._pending = self._pending, b""
-        await self._stream.send(data)
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._stream.receive(max_bytes)
-
-    def intact(self) -> bool:
-        """Readable while idle means unusable (EOF, or bytes out of step), as for httpcore."""
-        if self._poll is not None:
-            return not self._poll.poll(0)
-        sock = self._socket  # pragma: no cover - platforms without poll(), such as Windows
-        if sock is None:  # pragma: no cover - anyio's TCP streams always have one
-            return True
-        try:  # pragma: no cover
-            sock.recv(1, _PEEK)  # b"": EOF; a byte: out of step. Either way, unusable
-        except BlockingIOError:
-            return True  # nothing to read: intact
-        except OSError:
-            pass
-        return False
-
-    def arm(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def expire(self) -> None:
-        """Nothing to do: the exchange's cancel scope has the deadline."""
-
-    def abort(self) -> None:
-        """Nothing to do: the invoker cancels the exchange's cancel scope."""
-
-    async def aclose(self) -> None:
-        await anyio.aclose_forcefully(self._stream)
