@@ -254,7 +254,7 @@ async def test_only_routed_topics_keep_their_merged_headers(wire: Wire) -> None:
         for index in range(300):
             assert await controller.invoke(f"nobody-{index}-" + "x" * 900, b"") == ()
             assert await controller.submit(f"nobody-else-{index}", b"") == 0
-        cache = controller._topic_headers
+        cache = controller._dispatch._topic_headers
         assert len(cache) == 0
         (result,) = await controller.invoke("orders", b"x")
         assert result.ok

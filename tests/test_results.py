@@ -93,7 +93,7 @@ async def test_a_slow_stream_is_not_held_behind_a_stuck_one(controller: AsyncCon
 async def test_shutdown_loses_only_what_the_stuck_stream_did_not_read(
     logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("aioconnector._controller._CANCEL_GRACE", 0.05)
+    monkeypatch.setattr("aioconnector._drain._CANCEL_GRACE", 0.05)
     received: list[InvocationResult] = []
 
     async def read(controller: AsyncController, *, task_status: anyio.abc.TaskStatus[None]) -> None:

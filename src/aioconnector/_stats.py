@@ -1,0 +1,88 @@
+"""The controller's counters (`Counts`) and their public snapshot (`ControllerStats`)."""
+
+from __future__ import annotations
+
+from datetime import datetime  # noqa: TC003 - at run time: ControllerStats' hints resolve
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._topics import TopicMap
+
+__all__ = ["ControllerStats", "Counts"]
+
+
+@attrs.frozen(kw_only=True)
+class ControllerStats:
+    """A snapshot of the controller's counters, from :meth:`AsyncController.stats`."""
+
+    messages: int
+    """Messages accepted by ``invoke``/``submit`` (matched or not)."""
+    unmatched_messages: int
+    """Accepted messages whose topic matched no function (no invocation was made)."""
+    invocations_started: int
+    invocations_succeeded: int
+    invocations_failed: int
+    """Invocations whose result was not ok (error statuses, timeouts, cancellations...)."""
+    retries: int
+    """Requests made again after a retryable failure (see ``RetryPolicy``)."""
+    in_flight: int
+    """Invocations holding a concurrency slot right now (at most ``max_concurrency``); an
+    invocation keeps its slot until its result was handed to every results stream."""
+    streams_full: int
+    """Results streams that are full while invocations wait to hand them a result (holding
+    their slots). The other streams are not held back: they get every result at once."""
+    topics: int
+    functions: int
+    refreshes: int
+    """Successful topic-map builds, the first one included."""
+    refresh_failures: int
+    last_refresh: datetime | None
+    """When the topic map was last built successfully (UTC)."""
+    last_refresh_error: str | None
+    """The last refresh failure's message; ``None`` once a refresh succeeds again."""
+
+    def as_dict(self) -> dict[str, int | str | None]:
+        """The counters as a JSON-ready dict (``last_refresh`` as an ISO 8601 string)."""
+        values = attrs.asdict(self)
+        if self.last_refresh is not None:
+            values["last_refresh"] = self.last_refresh.isoformat()
+        return values
+
+
+@attrs.define
+class Counts:
+    """What the data path (`Dispatcher`) and the refresh (`Refresher`) count, as they go."""
+
+    messages: int = 0
+    unmatched: int = 0
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
+    last_refresh: datetime | None = None
+    last_refresh_error: str | None = None
+
+    def snapshot(
+        self, *, in_flight: int, streams_full: int, topic_map: TopicMap
+    ) -> ControllerStats:
+        """The counters with the gauges only the controller knows, as a `ControllerStats`."""
+        return ControllerStats(
+            messages=self.messages,
+            unmatched_messages=self.unmatched,
+            invocations_started=self.started,
+            invocations_succeeded=self.succeeded,
+            invocations_failed=self.failed,
+            retries=self.retries,
+            in_flight=in_flight,
+            streams_full=streams_full,
+            topics=len(topic_map.topics()),
+            functions=topic_map.function_count,
+            refreshes=self.refreshes,
+            refresh_failures=self.refresh_failures,
+            last_refresh=self.last_refresh,
+            last_refresh_error=self.last_refresh_error,
+        )
