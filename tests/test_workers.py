@@ -6,6 +6,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from aioconnector._runtime import current_runtime
 from aioconnector._workers import WorkerPool
 
 WAIT = 10
@@ -19,7 +20,8 @@ async def test_one_job_one_worker_and_the_worker_is_reused() -> None:
 
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as tg:
-            pool = WorkerPool(tg, handler, limit=8)
+            pool = WorkerPool(current_runtime(), handler, limit=8)
+            await tg.start(pool.run)
             pool.put(1)
             assert pool.workers == 1
             await anyio.wait_all_tasks_blocked()
@@ -47,7 +49,8 @@ async def test_a_job_never_waits_for_a_busy_worker_and_only_limit_workers_stay()
 
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as tg:
-            pool = WorkerPool(tg, handler, limit=3)
+            pool = WorkerPool(current_runtime(), handler, limit=3)
+            await tg.start(pool.run)
             for job in range(10):
                 pool.put(job)
             await anyio.wait_all_tasks_blocked()
@@ -69,7 +72,8 @@ async def test_close_ends_idle_workers_and_refuses_new_jobs() -> None:
 
     with anyio.fail_after(WAIT):
         async with anyio.create_task_group() as tg:
-            pool = WorkerPool(tg, handler, limit=4)
+            pool = WorkerPool(current_runtime(), handler, limit=4)
+            await tg.start(pool.run)
             pool.put(1)
             pool.put(2)
             await anyio.wait_all_tasks_blocked()
@@ -87,7 +91,9 @@ async def test_a_handler_error_propagates_through_the_task_group() -> None:
 
     with anyio.fail_after(WAIT), pytest.RaisesGroup(pytest.RaisesExc(ValueError, match="job 7")):
         async with anyio.create_task_group() as tg:
-            WorkerPool(tg, handler, limit=2).put(7)
+            pool = WorkerPool(current_runtime(), handler, limit=2)
+            await tg.start(pool.run)
+            pool.put(7)
 
 
 async def test_a_cancelled_idle_worker_leaves_no_stale_waiter() -> None:
@@ -100,13 +106,14 @@ async def test_a_cancelled_idle_worker_leaves_no_stale_waiter() -> None:
         async with anyio.create_task_group() as outer:
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
-                    pool = WorkerPool(tg, handler, limit=1)
+                    pool = WorkerPool(current_runtime(), handler, limit=1)
+                    await tg.start(pool.run)
                     pool.put(1)
                     await anyio.wait_all_tasks_blocked()
                     scope.cancel()  # the idle worker is cancelled while waiting
             assert pool.workers == 0
             # A put now starts a new worker in another group: the cancelled one's waiter is gone.
-            pool._task_group = outer
+            await outer.start(pool.run)
             pool.put(2)
             await anyio.wait_all_tasks_blocked()
             pool.close()

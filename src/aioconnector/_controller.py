@@ -20,6 +20,7 @@ from ._http import open_client
 from ._invoke import HttpxInvoker, Invoker
 from ._refresh import Refresher
 from ._results import InvocationResult, ResultHub, ResultStream
+from ._runtime import current_runtime
 from ._slots import Slots
 from ._stats import ControllerStats, Counts
 from ._workers import WorkerPool
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._config import ControllerConfig
     from ._dispatch import Job
     from ._message import Body
+    from ._runtime import Runtime
 
 __all__ = ["AsyncController", "ControllerStats"]
 
@@ -111,10 +113,12 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                         discovery, dispatch, self._counts, interval=self._config.rebuild_interval
                     )
                     refresher.install(await discovery.fetch_at_startup(self._on_startup_retry))
-                    invoker = self._invoker_for(client)
-                    dispatch.start(invoker)
+                    runtime = current_runtime()
+                    invoker = self._invoker_for(client, runtime)
+                    dispatch.start(invoker, runtime)
                     run_job = functools.partial(dispatch.fan_out, holding=True)  # no wrapper frame
-                    workers = WorkerPool(tg, run_job, self._config.max_concurrency)
+                    workers = WorkerPool(runtime, run_job, self._config.max_concurrency)
+                    await tg.start(workers.run)
                     session = _Session(invoker=invoker, refresher=refresher, workers=workers)
                     self._session = session
                     refresh_scope = await tg.start(refresher.run_forever)
@@ -148,13 +152,13 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             refusal = f"the controller is {state.value}; no new messages are accepted"
         self._dispatch.refusal = refusal
 
-    def _invoker_for(self, client: httpx.AsyncClient) -> Invoker:
+    def _invoker_for(self, client: httpx.AsyncClient, runtime: Runtime) -> Invoker:
         # A transport given by the user is used as it is, for invocations too (MockTransport,
         # respx, proxies, custom TLS); otherwise invocations take the lean HTTP/1.1 pool,
         # twenty to seventy times cheaper per call than httpx's, and lookups stay on httpx.
         if self._transport is not None:
             return HttpxInvoker(client, self._config)
-        return FastInvoker(self._config)
+        return FastInvoker(self._config, runtime)
 
     async def _shutdown(self, session: _Session, refresh_scope: anyio.CancelScope) -> None:
         self._set_state(_State.CLOSING)

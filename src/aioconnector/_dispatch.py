@@ -3,28 +3,20 @@
 A message is accepted (`Dispatcher.accept`: topic checked, headers merged, body made bytes,
 routed and counted); each of its functions is then invoked holding a concurrency slot, with
 retries (`Dispatcher.run`), and each result is published to the `ResultHub`. A message with
-several functions fans out (`Dispatcher.fan_out`): on asyncio over plain asyncio tasks, else
-over an anyio task group; `Dispatcher.start` is the one place that picks.
+several functions fans out (`Dispatcher.fan_out`) over the runtime's task group.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from typing import TYPE_CHECKING, final
 
 import anyio
 import attrs
 
-from ._backend import loop_clock, running_asyncio
-from ._errors import ControllerStateError, InvocationCancelledError, only_exception
-from ._invoke import Invocation
+from ._errors import ControllerStateError
+from ._invoke import Invocation, cancelled
 from ._message import base_headers, check_topic, coerce_body, merge_headers
-from ._results import InvocationResult
 from ._topics import TopicMap
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -33,7 +25,8 @@ if TYPE_CHECKING:
     from ._drain import Drain
     from ._invoke import Invoker
     from ._message import Body
-    from ._results import ResultHub
+    from ._results import InvocationResult, ResultHub
+    from ._runtime import Runtime
     from ._slots import Slots
     from ._stats import Counts
 
@@ -59,8 +52,8 @@ class Dispatcher:
         "_counts",
         "_drain",
         "_hub",
-        "_native",
         "_retry",
+        "_runtime",
         "_slots",
         "_topic_headers",
         "invoker",
@@ -86,7 +79,7 @@ class Dispatcher:
         )
         self._topic_headers: dict[str, tuple[tuple[str, str], ...]] = {}
         self._clock: Callable[[], float] = anyio.current_time  # the loop's own, once started
-        self._native = False  # running on asyncio: fan-outs use plain asyncio tasks
+        self._runtime: Runtime | None = None  # set by start()
         self.invoker: Invoker | None = None  # set by start()
         self.topic_map = TopicMap.EMPTY  # replaced whole by the refresher
         # None while messages are accepted; otherwise why not (the ControllerStateError's
@@ -94,11 +87,12 @@ class Dispatcher:
         # each message, instead of the state and the wording that goes with it.
         self.refusal: str | None = "not started"
 
-    def start(self, invoker: Invoker) -> None:
-        """Bind to the running event loop, and invoke through ``invoker`` from now on."""
+    def start(self, invoker: Invoker, runtime: Runtime) -> None:
+        """Bind to the running event loop's runtime, and invoke through ``invoker`` from now
+        on."""
         self.invoker = invoker
-        self._clock = loop_clock()
-        self._native = running_asyncio()
+        self._runtime = runtime
+        self._clock = runtime.clock
 
     def accept(
         self, topic: str, body: Body, headers: Mapping[str, str] | None, context: object
@@ -139,8 +133,6 @@ class Dispatcher:
         """Invoke a message's functions (its first invocation, and the functions' addresses);
         ``holding``: a slot for the first is already taken. Leaves the drain at the end."""
         first, functions = job
-        # Each invocation takes a slot *before* its task starts, so waiting costs no task.
-        error: BaseException | None = None
         slots = self._slots
         try:
             if len(functions) == 1:
@@ -148,25 +140,8 @@ class Dispatcher:
                     await slots.acquire()
                 holding = False
                 return (await self.run(first),)
-            if self._native:
-                held, holding = holding, False
-                return await self._fan_out_tasks(first, functions, held)
-            results: list[InvocationResult | None] = [None] * len(functions)
-            try:
-                async with anyio.create_task_group() as tg:
-                    for index, function in enumerate(functions):
-                        if not holding:
-                            await slots.acquire()
-                        holding = False
-                        invocation = first if index == 0 else _for_function(first, function)
-                        tg.start_soon(self._run_into, results, index, invocation)
-            except BaseExceptionGroup as group:
-                error = only_exception(group)
-                if error is None:
-                    raise
-            if error is not None:
-                raise error
-            return tuple(r for r in results if r is not None)
+            held, holding = holding, False
+            return await self._fan_out(first, functions, held)
         finally:
             if holding:
                 slots.release()
@@ -175,48 +150,45 @@ class Dispatcher:
             if drain.busy == 0 and drain.idle is not None:
                 drain.idle.set()
 
-    async def _fan_out_tasks(
+    async def _fan_out(
         self, first: Invocation, functions: tuple[str, ...], holding: bool
     ) -> tuple[InvocationResult, ...]:
-        """On asyncio: every function but the last in a plain asyncio task, the last in this
-        one. An anyio task group costs about 25 us per task here, as much as an invocation;
-        what it guarantees is kept: an error or a cancellation cancels and awaits the others."""
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[InvocationResult]] = []
-        entered: set[int] = set()  # tasks that began: run() gives their slots back itself
-
-        async def run(index: int, invocation: Invocation) -> InvocationResult:
-            entered.add(index)
-            return await self.run(invocation)
-
-        last = len(functions) - 1
+        """Every function but the last in a task, the last in this one. Each takes a slot
+        *before* its task starts, so waiting for a slot costs no task; a task cancelled before
+        it began (the group's error, or this call's cancellation) gives its slot back here."""
+        assert self._runtime is not None  # noqa: S101 - set by start()
+        slots = self._slots
+        count = len(functions)
+        results: list[InvocationResult | None] = [None] * count
+        began = [False] * count
+        spawned = 0
         try:
-            for index, function in enumerate(functions):
-                if not holding:
-                    await self._slots.acquire()
-                holding = False
-                invocation = first if index == 0 else _for_function(first, function)
-                if index < last:
-                    tasks.append(loop.create_task(run(index, invocation)))
-                else:
-                    result = await self.run(invocation)
-            return (*[await task for task in tasks], result)
+            async with self._runtime.task_group() as tasks:
+                for index, function in enumerate(functions):
+                    if not holding:
+                        await slots.acquire()
+                    holding = False
+                    invocation = first if index == 0 else _for_function(first, function)
+                    if index < count - 1:
+                        tasks.start_soon(self._run_into, results, began, index, invocation)
+                        spawned += 1
+                    else:
+                        results[index] = await self.run(invocation)
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait(tasks)
-            for index, task in enumerate(tasks):
-                if index not in entered:
-                    self._slots.release()  # cancelled before it began: its slot is ours
-                elif not task.cancelled():
-                    task.exception()  # retrieved, so asyncio does not log it as lost
+            for index in range(spawned):
+                if not began[index]:
+                    slots.release()
             raise
+        return tuple(result for result in results if result is not None)
 
     async def _run_into(
-        self, results: list[InvocationResult | None], index: int, invocation: Invocation
+        self,
+        results: list[InvocationResult | None],
+        began: list[bool],
+        index: int,
+        invocation: Invocation,
     ) -> None:
+        began[index] = True  # from here on, run() gives the slot back
         results[index] = await self.run(invocation)
 
     async def run(self, invocation: Invocation) -> InvocationResult:
@@ -229,13 +201,11 @@ class Dispatcher:
             attempt = 0  # requests made so far
             while True:
                 invoker = self.invoker
-                result = None
-                if invoker is not None and not self._drain.cancelling:
-                    attempt += 1
-                    result = await invoker.invoke(invocation)
-                if result is None:  # shutdown stopped it, before or during the request
-                    result = _cancelled(invocation, clock() - started, attempts=attempt)
+                if invoker is None or self._drain.cancelling:  # shutdown, before the request
+                    result = cancelled(invocation, clock() - started, attempts=attempt)
                     break
+                attempt += 1
+                result = await invoker.invoke(invocation)  # shutdown during it: cancelled
                 if result.ok:
                     break  # the usual case, without asking the retry policy
                 delay = self._retry.delay_before_retry(
@@ -273,18 +243,4 @@ def _for_function(first: Invocation, function: str) -> Invocation:
         body=first.body,
         headers=first.headers,
         context=first.context,
-    )
-
-
-def _cancelled(invocation: Invocation, duration: float, *, attempts: int) -> InvocationResult:
-    return InvocationResult(
-        topic=invocation.topic,
-        function=invocation.function,
-        status=None,
-        duration=duration,
-        error=InvocationCancelledError(
-            f"{invocation.function}: cancelled at shutdown after drain_timeout"
-        ),
-        attempts=attempts,
-        context=invocation.context,
     )

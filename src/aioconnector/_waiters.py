@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, final
 
-from ._backend import event_factory
+from ._runtime import event_factory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._backend import Waitable
+    from ._runtime import Waitable
 
 __all__ = ["WaiterQueue"]
 
