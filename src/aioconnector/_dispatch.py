@@ -203,10 +203,12 @@ class Dispatcher:
                 invoker = self.invoker
                 if invoker is None or self._drain.cancelling:  # shutdown, before the request
                     result = cancelled(invocation, clock() - started, attempts=attempt)
+                    ok = False
                     break
                 attempt += 1
                 result = await invoker.invoke(invocation)  # shutdown during it: cancelled
-                if result.ok:
+                ok = result.ok
+                if ok:
                     break  # the usual case, without asking the retry policy
                 delay = self._retry.delay_before_retry(
                     result, attempt=attempt, elapsed=clock() - started
@@ -223,7 +225,7 @@ class Dispatcher:
                 holding = True
             if attempt > 1 and result.attempts != attempt:
                 result = attrs.evolve(result, attempts=attempt, duration=clock() - started)
-            if result.ok:
+            if ok:
                 self._counts.succeeded += 1
             else:
                 self._counts.failed += 1

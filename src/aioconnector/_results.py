@@ -139,15 +139,13 @@ class ResultHub:
     def __init__(self, buffer: int, *, warn_after: float = _FULL_WARNING_AFTER) -> None:
         self._buffer = buffer
         self._subscribers: dict[ResultStream, MemoryObjectSendStream[InvocationResult]] = {}
+        # Whether any stream subscribes (else `publish` has nothing to do): an attribute, read
+        # for every result.
+        self.subscribed = False
         self._blocked: dict[ResultStream, _Blocked] = {}
         self._warn_after = warn_after
         self._wake: anyio.Event | None = None  # set for watch(): a new episode, or closing
         self._closed = False
-
-    @property
-    def subscribed(self) -> bool:
-        """Whether any stream subscribes (else `publish` has nothing to do)."""
-        return bool(self._subscribers)
 
     @property
     def streams_full(self) -> int:
@@ -160,10 +158,12 @@ class ResultHub:
         send, receive = anyio.create_memory_object_stream[InvocationResult](self._buffer)
         stream = ResultStream(receive, self)
         self._subscribers[stream] = send
+        self.subscribed = True
         return stream
 
     def discard(self, stream: ResultStream) -> None:
         send = self._subscribers.pop(stream, None)
+        self.subscribed = bool(self._subscribers)
         if send is not None:
             send.close()
 

@@ -22,38 +22,37 @@ __all__ = ["WaiterQueue"]
 
 
 @final
-class WaiterQueue:
-    """Waiting tasks, woken one at a time in the order they came.
+class WaiterQueue(deque["Waitable"]):
+    """Waiting tasks (their events), woken one at a time in the order they came.
 
-    ``lost_turn()`` runs when a task that `wake` chose is cancelled before it resumed: the
-    owner gives the turn to the next waiter, or back to where it came from.
+    A deque, so that asking whether anyone waits (``if queue:``) costs no Python call: the hot
+    path asks on every slot it takes and gives back. ``lost_turn()`` runs when a task that
+    `wake` chose is cancelled before it resumed: the owner gives the turn to the next waiter,
+    or back to where it came from.
     """
 
-    __slots__ = ("_lost_turn", "_new_event", "_waiters")
+    __slots__ = ("_lost_turn", "_new_event")
 
     def __init__(self, lost_turn: Callable[[], None]) -> None:
-        self._waiters: deque[Waitable] = deque()
+        super().__init__()
         self._new_event: Callable[[], Waitable] | None = None  # chosen in the event loop
         self._lost_turn = lost_turn
-
-    def __len__(self) -> int:
-        return len(self._waiters)
 
     async def wait(self) -> None:
         """Wait until `wake` gives this task its turn. Cancellable."""
         if self._new_event is None:
             self._new_event = event_factory()
         event = self._new_event()
-        self._waiters.append(event)
+        self.append(event)
         try:
             await event.wait()
         except BaseException:
             if event.is_set():
                 self._lost_turn()  # chosen, then cancelled: the turn goes on
             else:
-                self._waiters.remove(event)
+                self.remove(event)
             raise
 
     def wake(self) -> None:
-        """Give the longest-waiting task its turn; there must be one (check ``len``)."""
-        self._waiters.popleft().set()
+        """Give the longest-waiting task its turn; there must be one (check ``if queue``)."""
+        self.popleft().set()
