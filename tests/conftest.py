@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,12 @@ settings.register_profile(
     "aioconnector", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("aioconnector")
+
+# Hypothesis imports its optimiser lazily, in the middle of a test, where pytest rewrites its
+# asserts (a plugin's modules are rewritten): deep in an async test's stack, CPython 3.11.7's
+# AST constructor then fails at random with "SystemError: AST constructor recursion depth
+# mismatch" (seen here). Imported here, at the top of the stack, it never is again.
+importlib.import_module("hypothesis.internal.conjecture.optimiser")
 
 
 @pytest.fixture(
