@@ -16,6 +16,7 @@ from .._errors import (
 from .._http import _tls_context
 from .._invoke import RequestPlan, cancelled, finish, lost, not_sent
 from .._runtime import current_runtime
+from .._slots import Slots
 from .._waiters import WaiterQueue
 from ._connection import LOST, Connection, UnansweredError
 from ._parse import MalformedResponseError
@@ -37,6 +38,11 @@ _HEAD_CACHE: Final = 1024  # cached request heads (function x header set); FIFO 
 _KEEPALIVE_EXPIRY: Final = 5.0  # seconds idle before a pooled connection is dropped, as httpx
 # Headers that make a request safe to resend on a new connection (as in Go's net/http).
 _IDEMPOTENCY_KEYS: Final = frozenset({"idempotency-key", "x-idempotency-key"})
+# At most this many connects at once; the others wait their turn. Ten thousand calls starting
+# together would otherwise hold ten thousand connects' worth of memory at the same moment,
+# which the allocator keeps after they end (a third of the memory per call in flight), and
+# overflow the gateway's listen backlog.
+_CONNECTS_AT_ONCE: Final = 256
 # How often deadlines are checked: 1/20 of upstream_timeout, within these bounds.
 _SWEEP_MIN: Final = 0.005
 _SWEEP_MAX: Final = 0.1
@@ -92,6 +98,7 @@ class FastInvoker:
         # Calls waiting for a connection while all are busy; a turn lost goes to the next.
         self._waiters = WaiterQueue(lost_turn=self._pass_turn)
         self._connecting: dict[anyio.CancelScope, float] = {}  # connects, with deadlines
+        self._connect_turns = Slots(_CONNECTS_AT_ONCE)
         self._closed = False
         self._aborted = False
         self._runtime = runtime
@@ -304,14 +311,24 @@ class FastInvoker:
         cancels at once. The scope has no deadline of its own: an anyio deadline arms a loop
         timer that outlives the connect by up to ``upstream_timeout`` (a kilobyte each)."""
         assert self._runtime is not None  # noqa: S101 - bound by the call
-        with anyio.CancelScope() as scope:
-            self._connecting[scope] = deadline
-            if self._sweep is None and deadline != math.inf:
-                self._start_sweep()
-            try:
-                return await self._runtime.connect(self._host, self._port, self._tls)
-            finally:
-                del self._connecting[scope]
+        turns = self._connect_turns
+        if not turns.try_acquire():
+            with anyio.move_on_at(deadline) as waited:
+                await turns.acquire()
+            if waited.cancelled_caught:
+                raise WireTimeoutError
+        try:
+            with anyio.CancelScope() as scope:
+                self._connecting[scope] = deadline
+                if self._sweep is None and deadline != math.inf:
+                    self._start_sweep()
+                try:
+                    if not self._aborted:  # abort() came while this call waited its turn
+                        return await self._runtime.connect(self._host, self._port, self._tls)
+                finally:
+                    del self._connecting[scope]
+        finally:
+            turns.release()
         raise WireAbortedError if self._aborted else WireTimeoutError
 
     def _release(self, connection: Connection, started: float) -> None:
