@@ -56,7 +56,7 @@ def soak(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput, fan-out, latency-bound, memory and added-latency benchmarks against a
+    """Throughput, fan-out, latency-bound, memory, added-latency and idle-RSS benchmarks against a
     loopback stub gateway, with the raw ceiling and bare httpx alongside (a few minutes; not
     in the default run). ``nox -s bench -- --quick`` or ``-- --scenario a,c --backend uvloop``."""
     _install_groups(session, "bench")

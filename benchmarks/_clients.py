@@ -25,14 +25,15 @@ from _common import (
     BODY,
     FANOUT_FUNCTIONS,
     HOST,
-    NAMESPACE,
+    TIMEOUT,
     TOPIC_FANOUT,
     USER_AGENT,
+    controller_config,
     function_path,
 )
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from aioconnector import AsyncController, ControllerConfig, RetryPolicy
+from aioconnector import AsyncController
 
 if TYPE_CHECKING:
     from anyio.abc import SocketStream
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 Call = Callable[[], Awaitable[int]]
 CLIENTS: Final = ("raw", "httpx", "aioconnector", "aioconnector+httpx")
 _MAX_HEAD: Final = 64 * 1024
-_TIMEOUT: Final = 60.0  # no request should get near it; a stuck run is cut by the time caps
 
 
 def functions_for(topic: str) -> tuple[str, ...]:
@@ -274,7 +274,7 @@ class HttpxDriver:
 async def open_httpx(port: int, topic: str, concurrency: int) -> AsyncIterator[HttpxDriver]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
-        limits=limits, timeout=httpx.Timeout(_TIMEOUT), trust_env=False
+        limits=limits, timeout=httpx.Timeout(TIMEOUT), trust_env=False
     ) as client:
         yield HttpxDriver(client, port, topic)
 
@@ -318,17 +318,7 @@ class ControllerDriver:
 async def open_controller(
     port: int, topic: str, concurrency: int, *, via_httpx: bool, result_buffer: int = 256
 ) -> AsyncIterator[ControllerDriver]:
-    config = ControllerConfig(
-        gateway_url=f"http://{HOST}:{port}",
-        max_concurrency=concurrency,
-        upstream_timeout=_TIMEOUT,
-        retry=RetryPolicy.disabled(),
-        result_buffer=max(result_buffer, 1),
-        user_agent=USER_AGENT,
-        namespaces=(NAMESPACE,),  # one lookup fewer at start (the stub delays lookups too)
-        startup_timeout=30.0,
-        drain_timeout=_TIMEOUT,
-    )
+    config = controller_config(port, concurrency, result_buffer)
     transport = None
     if via_httpx:
         size = concurrency + 2  # what the controller gives its own client

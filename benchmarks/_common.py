@@ -1,4 +1,5 @@
-"""What the parent and the measuring children share: the request, the wire names, and gauges.
+"""What the parent and the measuring children share: the request, the wire names, the
+controller's config, and gauges.
 
 Gauges read ``/proc`` where there is one (Linux) and fall back on ``resource``: no extra
 dependency.
@@ -12,7 +13,10 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from aioconnector import ControllerConfig
 
 HOST: Final = "127.0.0.1"  # the only address the benchmarks ever talk to
 NAMESPACE: Final = "openfaas-fn"
@@ -25,6 +29,7 @@ assert len(BODY) == 100
 #: Headers a connector adds to each invocation (the controller sends these and a User-Agent).
 USER_AGENT: Final = "aioconnector-bench"
 RESULT_PREFIX: Final = "RESULT "  # a child's stdout line carrying one measurement as JSON
+TIMEOUT: Final = 60.0  # no request should get near it; a stuck run is cut by the time caps
 
 _STATUS: Final = Path("/proc/self/status")
 _CLEAR_REFS: Final = Path("/proc/self/clear_refs")
@@ -33,6 +38,26 @@ _TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def function_path(function: str) -> str:
     return f"/function/{function}.{NAMESPACE}"
+
+
+def controller_config(port: int, concurrency: int, result_buffer: int = 256) -> ControllerConfig:
+    """The config every ``AsyncController`` of the benchmarks runs with (the stub at ``port``).
+
+    aioconnector is imported here, not at the top: the parent never needs it.
+    """
+    from aioconnector import ControllerConfig, RetryPolicy  # noqa: PLC0415
+
+    return ControllerConfig(
+        gateway_url=f"http://{HOST}:{port}",
+        max_concurrency=concurrency,
+        upstream_timeout=TIMEOUT,
+        retry=RetryPolicy.disabled(),
+        result_buffer=max(result_buffer, 1),
+        user_agent=USER_AGENT,
+        namespaces=(NAMESPACE,),  # one lookup fewer at start (the stub delays lookups too)
+        startup_timeout=30.0,
+        drain_timeout=TIMEOUT,
+    )
 
 
 def _proc_status_kib(field: str) -> int | None:

@@ -1,10 +1,12 @@
-"""The Go peer: ``github.com/openfaas/connector-sdk`` as one more client of scenarios a and b.
+"""The Go peer: ``github.com/openfaas/connector-sdk`` as one more client of scenarios a, b and f.
 
 ``benchmarks/go/`` builds the binary (see benchmarks/README.md); ``--go-peer PATH`` or
 ``AIOCONNECTOR_GO_PEER`` hands it to ``bench.py``. A job of this client is a child like any
 other (pinned to the clients' CPUs, which the binary inherits): it runs the binary once per C
 against the same stub, with the same budget, caps and 100-byte body, and turns each JSON line
-it prints into a row. CPU per invocation and peak RSS are the binary's own (getrusage).
+it prints into a row. CPU per invocation (getrusage) and peak RSS (VmHWM) are the binary's own.
+In scenario f it runs the binary once with ``-idle``: no invocation, only its RSS (VmRSS) once
+the topic map is built and it has been idle as long as aioconnector's idle child.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from _common import BODY, FANOUT_FUNCTIONS, HOST, RESULT_PREFIX, TOPIC_FANOUT, T
 
 CLIENT: Final = "go-connector-sdk"
 ENV: Final = "AIOCONNECTOR_GO_PEER"
-SCENARIOS: Final = ("a", "b")  # throughput: where the SDK's Invoke from goroutines compares
+#: Throughput (a, b), where the SDK's Invoke from goroutines compares, and idle memory (f).
+SCENARIOS: Final = ("a", "b", "f")
 _KIB_PER_MIB: Final = 1024
 
 
 def command(job: dict[str, Any], concurrency: int) -> list[str]:
     """The binary's command line for one C of ``job`` (budgets in Invoke calls, i.e. messages)."""
+    if job["scenario"] == "f":
+        gateway, topic = f"-gateway=http://{HOST}:{job['port']}", f"-topic={TOPIC_ONE}"
+        return [job["go_peer"], gateway, topic, f"-idle={job['idle']}s"]
     fanout = job["scenario"] == "b"
     units = len(FANOUT_FUNCTIONS) if fanout else 1
     return [
@@ -67,9 +73,38 @@ def to_row(job: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def idle_row(job: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+    """The binary's JSON line in ``-idle`` mode as a row of scenario f."""
+    return {
+        "scenario": "f",
+        "case": "idle",
+        "backend": job["backend"],
+        "client": CLIENT,
+        "mode": job["mode"],
+        "concurrency": job["concurrency"],  # the key that pairs it with aioconnector's row
+        "invocations": 0,
+        "messages": 0,
+        "failed": 0,
+        "elapsed_s": None,
+        "inv_per_s": None,
+        "msg_per_s": None,
+        "cpu_us_per_inv": None,
+        "rss_mib": line["rss_kib"] / _KIB_PER_MIB,  # VmRSS, as aioconnector's row
+        "rss_imported_mib": None,
+        "rss_peak_mib": line["peak_rss_kib"] / _KIB_PER_MIB,
+        "idle_s": line.get("idle_s", job["idle"]),
+        "stub_cpu": None,
+        "capped": False,
+        "cut": 0,
+        "error": None,
+        "invoker": line.get("go_version", "go"),
+    }
+
+
 def run(job: dict[str, Any]) -> None:
     """Run the binary for every C of ``job`` and print its rows; exit 1 when it fails."""
-    for concurrency in job["concurrency"]:
+    idle = job["scenario"] == "f"
+    for concurrency in [job["concurrency"]] if idle else job["concurrency"]:
         completed = subprocess.run(  # noqa: S603  (the binary the user named; 127.0.0.1 only)
             command(job, concurrency),
             capture_output=True,
@@ -82,7 +117,8 @@ def run(job: dict[str, Any]) -> None:
             sys.stderr.write(completed.stderr)
             print(f"{job['go_peer']}: exit status {completed.returncode}", file=sys.stderr)
             sys.exit(1)
-        row = to_row(job, json.loads(lines[-1]))
+        line = json.loads(lines[-1])
+        row = idle_row(job, line) if idle else to_row(job, line)
         print(RESULT_PREFIX + json.dumps(row), flush=True)
 
 

@@ -27,12 +27,18 @@ TITLES: Final = {
     "KiB/inv = (peak RSS - RSS before) / max in flight; KiB/started = same / invocations started",
     "e": "e: added latency, sequential calls paced at {rate}/s; added = client - raw "
     "(the raw client's time is the stub's own time)",
+    "f": "f: idle, a connector that has built its topic map and waits for messages "
+    "(max_concurrency={idle_c}); running = VmRSS after {idle_s} s idle (the Go peer's too), "
+    "imported = VmRSS in the event loop before entering the controller",
 }
 
 
 def _metric(row: Row) -> float | None:
-    """The figure the ratios compare: throughput, memory per in-flight call, or p50 latency."""
-    key = {"d": "bytes_per_in_flight", "e": "p50_ms"}.get(row["scenario"], "inv_per_s")
+    """The figure the ratios compare: throughput, memory per in-flight call, p50 latency, or
+    idle RSS."""
+    key = {"d": "bytes_per_in_flight", "e": "p50_ms", "f": "rss_mib"}.get(
+        row["scenario"], "inv_per_s"
+    )
     value = row.get(key)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
@@ -186,8 +192,18 @@ COLUMNS: Final[dict[str, list[Column]]] = {
         *_VS,
         *_TAIL,
     ],
+    "f": [
+        ("backend", lambda r: r["backend"]),
+        ("client", lambda r: r["client"]),
+        ("RSS MiB running", lambda r: _num(r.get("rss_mib"))),
+        ("RSS MiB imported", lambda r: _num(r.get("rss_imported_mib"))),
+        ("vs go", lambda r: _ratio(r.get("vs_go"))),
+        ("note", _note),
+    ],
 }
 COLUMNS["b"] = COLUMNS["a"]
+#: How many leading columns are text (left-aligned); the others are right-aligned.
+_TEXT_COLUMNS: Final = {"c": 4, "f": 2}
 
 
 def _order(row: Row) -> tuple[Any, ...]:
@@ -214,7 +230,7 @@ def table(scenario: str, rows: list[Row], context: dict[str, Any]) -> str:
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.ljust(w) if i < 3 + (scenario == "c") else c.rjust(w)
+            c.ljust(w) if i < _TEXT_COLUMNS.get(scenario, 3) else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
@@ -372,7 +388,7 @@ def print_report(
         f"run took {meta['duration_s']} s\n"
     )
     if meta.get("go_peer"):
-        print(f"Go peer: {meta['go_peer']} (connector-sdk; RSS is its peak, ru_maxrss)\n")
+        print(f"Go peer: {meta['go_peer']} (connector-sdk; RSS: its peak, VmHWM; in f, VmRSS)\n")
     for scenario in TITLES:
         mine = [r for r in rows if r["scenario"] == scenario]
         if mine:

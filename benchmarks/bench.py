@@ -11,12 +11,13 @@ Scenarios (each on asyncio, uvloop when installed, and trio):
 - b: fan-out on a four-function topic;
 - c: latency-bound (stub delay 50 ms): one consumer loop on the fan-out topic, and C in flight;
 - d: memory with 10,000 invocations in flight (stub delay 1 s);
-- e: added latency at 100 invocations/s, over the raw client's (= the stub's own) latency.
+- e: added latency at 100 invocations/s, over the raw client's (= the stub's own) latency;
+- f: idle RSS of a running controller (topic map built, no message), and with the library imported.
 
 Clients, all measured in the same run: ``raw`` (a minimal HTTP/1.1 keep-alive client: the
 ceiling), ``httpx`` (a bare ``AsyncClient`` with ``Limits(C, C)``), ``aioconnector``
 (``AsyncController(config)``) and ``aioconnector+httpx`` (with an explicit httpx transport); with
-``--go-peer PATH``, also the Go connector-sdk (``benchmarks/go/``) in a and b.
+``--go-peer PATH``, also the Go connector-sdk (``benchmarks/go/``) in a, b and f.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ from _report import BACKENDS, attach_ratios, evaluate_targets, print_report
 HERE: Final = Path(__file__).resolve().parent
 SRC: Final = HERE.parent / "src"
 STUB: Final = HERE / "stub_server.py"
+IDLE_CHILD: Final = HERE / "_idle.py"  # scenario f's aioconnector child: lean on purpose
 DEFAULT_OUTPUT: Final = HERE / "results.json"
-SCENARIOS: Final = ("a", "b", "c", "d", "e")
+SCENARIOS: Final = ("a", "b", "c", "d", "e", "f")
 #: (client, mode) measured per scenario.
 _LOOPING: Final = (("raw", "loop"), ("httpx", "loop"))
 # The httpx path is measured with invoke only: it is the baseline, and its windows are slow.
@@ -70,6 +72,7 @@ PLAN: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("aioconnector", "invoke"),
         ("aioconnector+httpx", "invoke"),
     ),
+    "f": (("aioconnector", "idle"),),  # raw and bare httpx hold no topic map: nothing to compare
 }
 
 
@@ -89,6 +92,8 @@ class Settings:
     memory_cap: float = 10.0
     latency_calls: int = 400
     latency_rate: float = 100.0
+    idle_concurrency: int = 64  # max_concurrency of the idle controller (the config's default)
+    idle_wait: float = 0.5  # seconds idle after entering, before RSS is read (f)
 
 
 QUICK: Final = Settings(
@@ -178,7 +183,9 @@ def _plan(scenario: str, go_peer: Path | None) -> tuple[tuple[str, str], ...]:
     plan = PLAN[scenario]
     if go_peer is None or scenario not in _gopeer.SCENARIOS:
         return plan
-    return (*plan[: len(_LOOPING)], (_gopeer.CLIENT, "invoke"), *plan[len(_LOOPING) :])
+    mode = "idle" if scenario == "f" else "invoke"
+    split = sum(1 for entry in plan if entry in _LOOPING)
+    return (*plan[:split], (_gopeer.CLIENT, mode), *plan[split:])
 
 
 def build_jobs(
@@ -217,6 +224,9 @@ def build_jobs(
                 elif scenario == "d":
                     job |= {"delay": s.memory_delay, "in_flight": s.in_flight}
                     job |= {"cap": s.memory_cap, "timeout": s.memory_cap + 120}
+                elif scenario == "f":
+                    job |= {"delay": 0.0, "concurrency": s.idle_concurrency}
+                    job |= {"idle": s.idle_wait, "timeout": s.idle_wait + 60}
                 else:
                     job |= {"delay": 0.0, "calls": s.latency_calls, "rate": s.latency_rate}
                     job["timeout"] = s.latency_calls * 1.1 / s.latency_rate * 1.5 + 60
@@ -224,9 +234,17 @@ def build_jobs(
     return jobs
 
 
+def child_command(job: dict[str, Any]) -> list[str]:
+    """``bench.py --child JOB``; ``_idle.py JOB`` for aioconnector in f, whose RSS is measured
+    without the bench's own modules."""
+    if job["scenario"] == "f" and job["client"] != _gopeer.CLIENT:
+        return [sys.executable, str(IDLE_CHILD), json.dumps(job)]
+    return [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+
+
 def run_child(job: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     """Run one job in a fresh interpreter; its rows, and what went wrong if anything did."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
+    command = child_command(job)
     process = subprocess.Popen(  # noqa: S603
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -266,6 +284,10 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             parts.append(f"{row['in_flight_max']:,} in flight, {kib}")
         elif row["scenario"] == "e":
             parts.append(f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
+        elif row["scenario"] == "f":
+            imported = row.get("rss_imported_mib")
+            before = "" if imported is None else f"imported {imported:.1f} MiB, "
+            parts.append(f"{before}running {row['rss_mib']:.1f} MiB")
         else:
             parts.append(f"{row['case'][:3]} C={row['concurrency']} {row['inv_per_s']:,.0f} inv/s")
     return "; ".join(parts)
@@ -303,7 +325,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenario",
         type=lambda t: _names(t, SCENARIOS, "--scenario"),
         default=list(SCENARIOS),
-        help="comma-separated, among a,b,c,d,e (default: all)",
+        help="comma-separated, among a,b,c,d,e,f (default: all)",
     )
     parser.add_argument(
         "--backend",
@@ -339,7 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get(_gopeer.ENV) or None,
         metavar="PATH",
         help="the Go peer's binary (benchmarks/go/, see benchmarks/README.md): another client "
-        f"in scenarios a and b, and a 'vs go' ratio (default: ${_gopeer.ENV}, else none)",
+        f"in scenarios a, b and f, and a 'vs go' ratio (default: ${_gopeer.ENV}, else none)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -456,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         "delay_ms": round(settings.latency_delay * 1000),
         "delay_s": settings.memory_delay,
         "rate": round(settings.latency_rate),
+        "idle_c": settings.idle_concurrency,
+        "idle_s": settings.idle_wait,
     }
     print_report(rows, targets, failures, meta, context)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,17 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
 
 def run_quick(
-    output: Path, *options: str, env: dict[str, str] | None = None
+    output: Path, *options: str, scenario: str = "a", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``bench.py --quick --scenario a --backend asyncio`` with ``options``; it must succeed."""
+    """``bench.py --quick --scenario SCENARIO --backend asyncio`` with ``options``; it must
+    succeed."""
     completed = subprocess.run(  # noqa: S603  (our own script, fixed arguments)
         [
             sys.executable,
             str(BENCH),
             "--quick",
             "--scenario",
-            "a",
+            scenario,
             "--backend",
             "asyncio",
             *options,
@@ -63,12 +64,43 @@ def test_quick_throughput_run(tmp_path: Path) -> None:
     assert document["failures"] == []
 
 
+@pytest.mark.timeout(90)
+def test_quick_idle_run(tmp_path: Path) -> None:
+    """Scenario f: a running controller's RSS and the imported library's, no Go column."""
+    output = tmp_path / "results.json"
+    completed = run_quick(output, scenario="f")
+    lines = completed.stdout.splitlines()
+    header = next((line for line in lines if line.startswith("backend ")), None)
+    assert header is not None, completed.stdout
+    running, imported = ["RSS", "MiB", "running"], ["RSS", "MiB", "imported"]
+    assert header.split() == ["backend", "client", *running, *imported, "note"]
+    rows = [line.split() for line in lines if line.startswith("asyncio ")]
+    assert [cells[1] for cells in rows] == ["aioconnector"], completed.stdout
+
+    document = json.loads(output.read_text())
+    assert document["failures"] == []
+    (row,) = document["rows"]
+    assert (row["scenario"], row["client"], row["mode"]) == ("f", "aioconnector", "idle")
+    assert row["topic_functions"] == 1  # entered: the topic map lists fn0 on 'bench'
+    for key in ("rss_start_mib", "rss_imported_mib", "rss_mib", "rss_peak_mib"):
+        assert row[key] > 0, key
+    assert row["idle_s"] == document["meta"]["settings"]["idle_wait"]
+
+
 #: Stands in for benchmarks/go's binary: its flags in, one JSON line of the same shape out.
 FAKE_PEER = """\
 import json, sys
 flags = dict(arg.lstrip("-").split("=", 1) for arg in sys.argv[1:])
 assert flags["gateway"].startswith("http://127.0.0.1:"), flags
-assert flags["topic"] == "bench" and flags["body"] == "100", flags
+assert flags["topic"] == "bench", flags
+if "idle" in flags:  # scenario f: no invocation, its RSS only
+    assert flags["idle"] == "0.5s" and "c" not in flags and "n" not in flags, flags
+    print(json.dumps({
+        "client": "go-connector-sdk", "peak_rss_kib": 6400, "rss_kib": 6144, "idle_s": 0.5,
+        "go_version": "go-fake",
+    }))
+    sys.exit(0)
+assert flags["body"] == "100", flags
 concurrency = int(flags["c"])
 print(json.dumps({
     "client": "go-connector-sdk", "concurrency": concurrency, "invocations": 400,
@@ -104,3 +136,29 @@ def test_quick_run_with_a_go_peer(tmp_path: Path) -> None:
     for row in mine:
         assert row["vs_go"] == pytest.approx(row["inv_per_s"] / 8000.0)
         assert row["cpu_vs_go"] == pytest.approx(row["cpu_us_per_inv"] / 50.0)
+
+
+@pytest.mark.timeout(90)
+def test_quick_idle_run_with_a_go_peer(tmp_path: Path) -> None:
+    """Scenario f with a fake peer: its idle row (VmRSS) joins the table, with ``vs go``."""
+    peer = tmp_path / "gopeer"
+    peer.write_text(f"#!{sys.executable}\n{FAKE_PEER}")
+    peer.chmod(peer.stat().st_mode | stat.S_IXUSR)
+    output = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if k != "AIOCONNECTOR_GO_PEER"}
+    completed = run_quick(output, "--go-peer", str(peer), scenario="f", env=env)
+    lines = completed.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("backend "))
+    assert header.index("RSS MiB imported") < header.index("vs go") < header.index("note")
+    clients = [line.split()[1] for line in lines if line.startswith("asyncio ")]
+    assert clients == ["go-connector-sdk", "aioconnector"], completed.stdout
+
+    document = json.loads(output.read_text())
+    assert document["failures"] == []
+    go, mine = sorted(document["rows"], key=lambda row: row["client"] == "aioconnector")
+    assert go["client"] == "go-connector-sdk"
+    assert go["mode"] == "idle"
+    assert go["rss_mib"] == 6.0  # rss_kib, not the peak
+    assert go["rss_peak_mib"] == 6400 / 1024
+    assert go["rss_imported_mib"] is None
+    assert mine["vs_go"] == pytest.approx(mine["rss_mib"] / 6.0)

@@ -6,9 +6,13 @@
 //	 "cpu_us_per_inv":...,"peak_rss_kib":...,...}
 //
 // CPU is getrusage (user + system, the whole process) over the measured window; peak RSS is
-// ru_maxrss of the whole run. Invoke is synchronous and fans out to the topic's functions one
-// after another: that is the SDK being measured. Build it with build.sh (see
-// benchmarks/README.md); it talks to the gateway URL it is given and nothing else.
+// VmHWM of the whole run (/proc/self/status; ru_maxrss where there is no /proc). Invoke is
+// synchronous and fans out to the topic's functions one after another: that is the SDK being
+// measured. With -idle=D it invokes nothing: once the topic map has the topic it stays idle
+// for D and prints {"client":...,"peak_rss_kib":...,"rss_kib":...,"idle_s":...,
+// "go_version":...}, the resident memory (VmRSS) of a connector waiting for messages.
+// Build it with build.sh (see benchmarks/README.md); it talks to the gateway URL it is given
+// and nothing else.
 package main
 
 import (
@@ -59,12 +63,43 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// procStatusKiB reads a "Name:   1234 kB" field of /proc/self/status; false without /proc.
+func procStatusKiB(name string) (int64, bool) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, name+":") {
+			var kib int64
+			if _, err := fmt.Sscanf(line[len(name)+1:], "%d", &kib); err == nil {
+				return kib, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// peakRSSKiB is this process's resident high-water mark. Not ru_maxrss where /proc has VmHWM:
+// Linux carries ru_maxrss over exec, so started by bench.py it is at least the Python child's
+// RSS at the fork (tens of MiB), whatever the peer itself uses.
 func peakRSSKiB() int64 {
+	if kib, ok := procStatusKiB("VmHWM"); ok {
+		return kib
+	}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		log.Fatalf("getrusage: %v", err)
 	}
 	return int64(ru.Maxrss) // KiB on Linux
+}
+
+// rssKiB is the resident set now (VmRSS); the high-water mark where there is no /proc.
+func rssKiB() int64 {
+	if kib, ok := procStatusKiB("VmRSS"); ok {
+		return kib
+	}
+	return peakRSSKiB()
 }
 
 // run has c goroutines call Invoke until budget calls are taken or the time cap passes (0: no
@@ -133,7 +168,12 @@ func main() {
 	logInvocations := flag.Bool("log", false,
 		"keep the SDK's log line per invocation (default: log output discarded)")
 	wait := flag.Duration("wait", 10*time.Second, "how long to wait for the topic to appear")
+	idle := flag.Duration("idle", 0,
+		"invoke nothing: once the topic is mapped, stay idle this long, then print peak RSS only")
 	flag.Parse()
+	if *idle < 0 {
+		log.Fatal("-idle must be >= 0")
+	}
 	if *concurrency < 1 || *invocations < 1 || *bodySize < 1 {
 		log.Fatal("-c, -n and -body must be >= 1")
 	}
@@ -178,6 +218,17 @@ func main() {
 		fmt.Fprintf(os.Stderr, "gopeer: topic %q not found at %s within %s\n", *topic, *gateway, *wait)
 		os.Exit(1)
 	}
+	if *idle > 0 {
+		time.Sleep(*idle)
+		printRow(map[string]any{
+			"client":       "go-connector-sdk",
+			"peak_rss_kib": peakRSSKiB(),
+			"rss_kib":      rssKiB(),
+			"idle_s":       idle.Seconds(),
+			"go_version":   runtime.Version(),
+		})
+		return
+	}
 
 	body := []byte(`{"event":"bench","payload":"` + strings.Repeat("x", maxInt(*bodySize-30, 0)) + `"}`)
 	if len(body) != *bodySize { // a size the JSON shape cannot take: plain bytes
@@ -210,6 +261,11 @@ func main() {
 	if w.invocations > 0 {
 		row["cpu_us_per_inv"] = float64(w.cpu.Microseconds()) / float64(w.invocations)
 	}
+	printRow(row)
+}
+
+// printRow prints row as the one JSON line bench.py reads.
+func printRow(row map[string]any) {
 	line, err := json.Marshal(row)
 	if err != nil {
 		log.Fatal(err)
