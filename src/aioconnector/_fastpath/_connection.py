@@ -1,6 +1,6 @@
 """One pooled connection: one exchange (request out, response in) at a time, over a `Wire`.
 
-The wire is an `AsyncioWire` on asyncio and an `AnyioWire` elsewhere; both raise anyio's
+The wire is an `AsyncioWire` on asyncio and a `TrioWire` on trio; both raise anyio's
 exceptions. Responses are read with `_parse`'s parser.
 """
 
