@@ -5,12 +5,14 @@ hands it to what needs one; no other module asks which event loop runs it. What 
 
 - the clock: the loop's own (``anyio.current_time()`` looks the backend up on every call, which
   costs as much as parsing a response head);
-- events: ``asyncio.Event`` on asyncio (anyio's looks the backend up each time it is created);
+- events that one task waits for: a future on asyncio (an ``asyncio.Event`` costs 816 bytes;
+  anyio's looks the backend up each time one is created), anyio's on trio;
 - connections: an `AsyncioWire` protocol on asyncio, a `TrioWire` socket on trio;
 - timers, for the invoker's deadline sweep: ``loop.call_later`` on asyncio, a system task that
   sleeps on trio;
 - task groups: plain asyncio tasks on asyncio (0.4 KiB and a few microseconds each, where an
-  anyio task costs 4.4 KiB and about 25 us), anyio's task group (a nursery) on trio.
+  anyio task costs 4.4 KiB and about 25 us), trio's own nursery on trio (anyio's task group
+  adds 1.5 KB of bookkeeping per task).
 """
 
 from __future__ import annotations
