@@ -30,6 +30,7 @@ from _common import (
     USER_AGENT,
     controller_config,
     function_path,
+    invoker_name,
 )
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -308,10 +309,8 @@ class ControllerDriver:
         return self._invoking(TOPIC_FANOUT, len(FANOUT_FUNCTIONS))
 
     def invoker_name(self) -> str:
-        """Which invoker the controller picked (for the report only; not a public attribute)."""
-        session = getattr(self.controller, "_session", None)
-        invoker = getattr(session, "invoker", None)
-        return "?" if invoker is None else type(invoker).__name__
+        """Which invoker the controller picked (for the report only)."""
+        return invoker_name(self.controller)
 
 
 @asynccontextmanager

@@ -13,10 +13,10 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from aioconnector import ControllerConfig
+    from aioconnector import AsyncController, ControllerConfig
 
 HOST: Final = "127.0.0.1"  # the only address the benchmarks ever talk to
 NAMESPACE: Final = "openfaas-fn"
@@ -58,6 +58,40 @@ def controller_config(port: int, concurrency: int, result_buffer: int = 256) -> 
         startup_timeout=30.0,
         drain_timeout=TIMEOUT,
     )
+
+
+def idle_row(
+    job: dict[str, Any], *, client: str, rss_mib: float, rss_peak_mib: float, **extra: object
+) -> dict[str, Any]:
+    """A row of scenario f (idle RSS), for aioconnector's child and the Go peer alike."""
+    return {
+        "scenario": "f",
+        "case": "idle",
+        "backend": job["backend"],
+        "client": client,
+        "mode": job["mode"],
+        "concurrency": job["concurrency"],  # the key that pairs the two rows
+        "invocations": 0,
+        "messages": 0,
+        "failed": 0,
+        "elapsed_s": None,
+        "inv_per_s": None,
+        "msg_per_s": None,
+        "cpu_us_per_inv": None,
+        "rss_mib": rss_mib,
+        "rss_peak_mib": rss_peak_mib,
+        "stub_cpu": None,
+        "capped": False,
+        "cut": 0,
+        "error": None,
+        **extra,
+    }
+
+
+def invoker_name(controller: AsyncController) -> str:
+    """Which invoker the controller picked (for the report only; not a public attribute)."""
+    invoker = getattr(getattr(controller, "_session", None), "invoker", None)
+    return "?" if invoker is None else type(invoker).__name__
 
 
 def _proc_status_kib(field: str) -> int | None:

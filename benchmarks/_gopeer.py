@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
+import _common
 from _common import BODY, FANOUT_FUNCTIONS, HOST, RESULT_PREFIX, TOPIC_FANOUT, TOPIC_ONE
 
 CLIENT: Final = "go-connector-sdk"
@@ -75,30 +76,15 @@ def to_row(job: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
 
 def idle_row(job: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
     """The binary's JSON line in ``-idle`` mode as a row of scenario f."""
-    return {
-        "scenario": "f",
-        "case": "idle",
-        "backend": job["backend"],
-        "client": CLIENT,
-        "mode": job["mode"],
-        "concurrency": job["concurrency"],  # the key that pairs it with aioconnector's row
-        "invocations": 0,
-        "messages": 0,
-        "failed": 0,
-        "elapsed_s": None,
-        "inv_per_s": None,
-        "msg_per_s": None,
-        "cpu_us_per_inv": None,
-        "rss_mib": line["rss_kib"] / _KIB_PER_MIB,  # VmRSS, as aioconnector's row
-        "rss_imported_mib": None,
-        "rss_peak_mib": line["peak_rss_kib"] / _KIB_PER_MIB,
-        "idle_s": line.get("idle_s", job["idle"]),
-        "stub_cpu": None,
-        "capped": False,
-        "cut": 0,
-        "error": None,
-        "invoker": line.get("go_version", "go"),
-    }
+    return _common.idle_row(
+        job,
+        client=CLIENT,
+        rss_mib=line["rss_kib"] / _KIB_PER_MIB,  # VmRSS, as aioconnector's row
+        rss_peak_mib=line["peak_rss_kib"] / _KIB_PER_MIB,
+        rss_imported_mib=None,
+        idle_s=line.get("idle_s", job["idle"]),
+        invoker=line.get("go_version", "go"),
+    )
 
 
 def run(job: dict[str, Any]) -> None:

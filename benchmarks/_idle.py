@@ -31,6 +31,8 @@ from _common import (  # noqa: E402
     RESULT_PREFIX,
     TOPIC_ONE,
     controller_config,
+    idle_row,
+    invoker_name,
     peak_rss_bytes,
     rss_bytes,
 )
@@ -39,12 +41,6 @@ from aioconnector import AsyncController  # noqa: E402
 
 _MIB: Final = 1024 * 1024
 START: Final = rss_bytes()  # the imports done, no event loop yet
-
-
-def _invoker_name(controller: AsyncController) -> str:
-    """Which invoker the controller picked (for the report only; not a public attribute)."""
-    invoker = getattr(getattr(controller, "_session", None), "invoker", None)
-    return "?" if invoker is None else type(invoker).__name__
 
 
 async def run_idle(job: dict[str, Any]) -> None:
@@ -57,32 +53,17 @@ async def run_idle(job: dict[str, Any]) -> None:
             raise RuntimeError(f"the stub gateway lists no function for topic {TOPIC_ONE!r}")
         await anyio.sleep(job["idle"])
         running, peak = rss_bytes(), peak_rss_bytes()
-        row = {
-            "scenario": job["scenario"],
-            "case": "idle",
-            "backend": job["backend"],
-            "client": job["client"],
-            "mode": job["mode"],
-            "concurrency": concurrency,
-            "invocations": 0,
-            "messages": 0,
-            "failed": 0,
-            "elapsed_s": None,
-            "inv_per_s": None,
-            "msg_per_s": None,
-            "cpu_us_per_inv": None,
-            "rss_mib": running / _MIB,
-            "rss_imported_mib": imported / _MIB,
-            "rss_start_mib": START / _MIB,
-            "rss_peak_mib": peak / _MIB,
-            "idle_s": job["idle"],
-            "topic_functions": functions,
-            "stub_cpu": None,
-            "capped": False,
-            "cut": 0,
-            "error": None,
-            "invoker": _invoker_name(controller),
-        }
+        row = idle_row(
+            job,
+            client=job["client"],
+            rss_mib=running / _MIB,
+            rss_peak_mib=peak / _MIB,
+            rss_imported_mib=imported / _MIB,
+            rss_start_mib=START / _MIB,
+            idle_s=job["idle"],
+            topic_functions=functions,
+            invoker=invoker_name(controller),
+        )
         print(RESULT_PREFIX + json.dumps(row), flush=True)
 
 

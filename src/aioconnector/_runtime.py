@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 import anyio
 
@@ -44,8 +44,6 @@ __all__ = [
     "event_factory",
     "running_asyncio",
 ]
-
-T = TypeVar("T")
 
 
 def running_asyncio() -> bool:
