@@ -114,7 +114,7 @@ async def publish(
 
 
 @router.get("/healthz")
-async def healthz(controller: Controller) -> dict[str, int | str | None]:
+async def healthz(controller: Controller) -> dict[str, object]:
     return controller.stats().as_dict()
 
 

@@ -20,6 +20,9 @@ from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import UpstreamConnectionError as UpstreamConnectionError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
+from ._policy import AdaptiveConcurrency as AdaptiveConcurrency
+from ._policy import FunctionPolicy as FunctionPolicy
+from ._policy import RetryBudget as RetryBudget
 from ._results import InvocationResult as InvocationResult
 from ._results import ResultStream as ResultStream
 from ._retry import RetryPolicy as RetryPolicy
@@ -28,9 +31,11 @@ from ._source import SourceMessage as SourceMessage
 from ._source import SourceStats as SourceStats
 from ._source import run_source as run_source
 from ._source import settlement_of as settlement_of
+from ._stats import FunctionStats as FunctionStats
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AdaptiveConcurrency",
     "AsyncController",
     "AuthenticationError",
     "BasicAuth",
@@ -39,6 +44,8 @@ __all__ = [
     "ControllerStateError",
     "ControllerStats",
     "DiscoveryError",
+    "FunctionPolicy",
+    "FunctionStats",
     "GatewayUnavailableError",
     "InvocationCancelledError",
     "InvocationError",
@@ -46,6 +53,7 @@ __all__ = [
     "NotAGatewayError",
     "ResponseTooLargeError",
     "ResultStream",
+    "RetryBudget",
     "RetryPolicy",
     "Settlement",
     "SourceMessage",

@@ -6,13 +6,14 @@ import math
 import os
 import re
 import unicodedata
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 
+from ._parsing import parse_bool, parse_duration
+from ._policy import AdaptiveConcurrency, RetryBudget
 from ._retry import RetryPolicy
 from ._topics import SAFE_NAME_RE
 from ._version import __version__
@@ -230,6 +231,16 @@ class ControllerConfig:
     # namespace, far beyond real catalogues, and bounds what a broken gateway can make us hold.
     max_lookup_bytes: int = attrs.field(default=32 * 1024 * 1024, validator=_positive_int)
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_instance(RetryPolicy))
+    # None: every function may use all of max_concurrency (unless it declares its own limit).
+    adaptive_concurrency: AdaptiveConcurrency | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_instance(AdaptiveConcurrency))
+    )
+    # None: retries are bounded only by RetryPolicy (attempts, budget seconds).
+    retry_budget: RetryBudget | None = attrs.field(
+        factory=RetryBudget, validator=attrs.validators.optional(_instance(RetryBudget))
+    )
+    # Invocations waiting for their function's turn without holding a slot; more hold one.
+    max_waiting: int = attrs.field(default=1024, validator=_positive_int)
     # Credentials go to /system/* only, unless the gateway also protects functions.
     auth_invocations: bool = attrs.field(default=False, validator=_instance(bool))
     verify_tls: bool = attrs.field(default=True, validator=_instance(bool))
@@ -272,47 +283,6 @@ class ControllerConfig:
         return cls(**(kwargs | given))
 
 
-_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_MICRO = Fraction(1, 10**6)
-_UNITS = {"ns": Fraction(1, 10**9), "us": _MICRO, "ms": Fraction(1, 1000), "s": Fraction(1)}
-_UNITS |= {"m": Fraction(60), "h": Fraction(3600)}
-_UNITS |= {"\u00b5s": _MICRO, "\u03bcs": _MICRO}  # Go accepts both micro signs
-_DURATION_HINT = "(use e.g. 30s, 1m30s, 500ms or plain seconds)"
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration (``"1m30s"``, ``"500ms"``) or a plain number of seconds."""
-    value = text.strip()
-    if value.startswith("-"):
-        raise ValueError(f"invalid duration {text!r}: must not be negative")
-    # No real duration is this long; the cap also bounds the Fraction arithmetic.
-    if not value or len(value) > 100:
-        raise ValueError(f"invalid duration {text!r} {_DURATION_HINT}")
-    if _PLAIN_NUMBER.fullmatch(value):
-        return float(Fraction(value))
-    total, position = Fraction(0), 0
-    while position < len(value):
-        match = _DURATION_PART.match(value, position)
-        if match is None:
-            raise ValueError(f"invalid duration {text!r} {_DURATION_HINT}")
-        total += Fraction(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    return float(total)
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True}
-_BOOLS |= {"false": False, "0": False, "no": False, "off": False}
-
-
-def parse_bool(text: str) -> bool:
-    """``true/false``, ``1/0``, ``yes/no`` or ``on/off``, in any case."""
-    try:
-        return _BOOLS[text.strip().lower()]
-    except KeyError:
-        raise ValueError(f"invalid boolean {text!r} (use true or false)") from None
-
-
 def _parse_timeout(text: str) -> float | None:
     seconds = parse_duration(text)
     return None if seconds == 0 else seconds  # "0" means no timeout, as in Go
@@ -342,6 +312,10 @@ def _parse_int(text: str) -> int:
     return int(text)
 
 
+def _parse_adaptive(text: str) -> AdaptiveConcurrency | None:
+    return AdaptiveConcurrency() if parse_bool(text) else None
+
+
 def _parse_names(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     if not names:
@@ -364,4 +338,6 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     **dict.fromkeys(
         ("max_concurrency", "result_buffer", "max_response_bytes", "max_lookup_bytes"), _parse_int
     ),
+    "max_waiting": _parse_int,
+    "adaptive_concurrency": _parse_adaptive,
 }

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._config import ControllerConfig
     from ._dispatch import Job
     from ._message import Body
+    from ._policy import FunctionPolicy
     from ._runtime import Runtime
 
 __all__ = ["AsyncController", "ControllerStats"]
@@ -165,6 +166,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         with anyio.CancelScope(shield=True):
             await self._drain.drain(self._config.drain_timeout, session.invoker.abort)
             refresh_scope.cancel()
+            self._dispatch.stop()
             session.workers.close()
             self._hub.close()  # wakes publishers blocked on a subscriber that stopped reading
 
@@ -248,6 +250,15 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         """The addresses (``name.namespace``) of the functions a message on ``topic`` invokes."""
         return self._dispatch.topic_map.functions_for(topic)
 
+    def policy_for(self, function: str) -> FunctionPolicy:
+        """How ``function`` (an address, as `functions_for` gives) is invoked: the config's
+        retry policy, timeout and limits, overridden by the function's annotations as of the
+        last topic-map refresh. Its live state (adaptive limit, in flight, gate) is in
+        ``stats().per_function``."""
+        if not isinstance(function, str):
+            raise TypeError(f"function must be a str (an address), got {function!r}")
+        return self._dispatch.policy_for(function)
+
     async def refresh(self) -> None:
         """Rebuild the topic map now. On failure the old map stays and the error is raised."""
         if self._session is None or self._state is not _State.RUNNING:
@@ -260,6 +271,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             in_flight=self._slots.borrowed,
             streams_full=self._hub.streams_full,
             topic_map=self._dispatch.topic_map,
+            per_function=self._dispatch.function_stats(),
         )
 
     @property

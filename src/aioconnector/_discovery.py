@@ -19,7 +19,7 @@ from ._errors import (
 from ._topics import TopicMap, parse_functions, parse_namespaces
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from ._config import ControllerConfig
 
@@ -55,6 +55,7 @@ class Discovery:
         else:
             namespaces = await self._namespaces()
         routes: list[tuple[str, tuple[str, ...]]] = []
+        annotations: list[tuple[str, Mapping[str, str]]] = []
         skipped: set[str] = set()
         for namespace in namespaces:
             params = None if namespace is None else {"namespace": namespace}
@@ -66,9 +67,10 @@ class Discovery:
                 payload, namespace=namespace, delimiter=self._config.topic_delimiter
             )
             routes.extend(parsed.routes)
+            annotations.extend(parsed.annotations)
             skipped.update(parsed.skipped)
         self._report_skipped(frozenset(skipped))
-        return TopicMap.build(routes)
+        return TopicMap.build(routes, annotations)
 
     async def fetch_at_startup(self, on_retry: StartupRetryHook | None = None) -> TopicMap:
         """Retry `fetch` with backoff until ``startup_timeout``; 401/403 and a 404 on

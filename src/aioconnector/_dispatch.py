@@ -1,13 +1,15 @@
 """`Dispatcher`: the data path, from an accepted message to its functions' results.
 
 A message is accepted (`Dispatcher.accept`: topic checked, headers merged, body made bytes,
-routed and counted); each of its functions is then invoked holding a concurrency slot, with
-retries (`Dispatcher.run`), and each result is published to the `ResultHub`. A message with
-several functions fans out (`Dispatcher.fan_out`) over the runtime's task group.
+routed and counted); each of its functions is then invoked holding a concurrency slot and a
+turn of the function's `Lane` (its own limit, gate and retry budget), with retries
+(`Dispatcher.run`), and each result is published to the `ResultHub`. A message with several
+functions fans out (`Dispatcher.fan_out`) over the runtime's task group.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, final
 
 import anyio
@@ -15,7 +17,9 @@ import attrs
 
 from ._errors import ControllerStateError
 from ._invoke import Invocation, cancelled
+from ._lanes import Lane
 from ._message import base_headers, check_topic, coerce_body, merge_headers
+from ._policy import FunctionPolicy, policy_from_annotations
 from ._topics import TopicMap
 
 if TYPE_CHECKING:
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from ._results import InvocationResult, ResultHub
     from ._runtime import Runtime
     from ._slots import Slots
-    from ._stats import Counts
+    from ._stats import Counts, FunctionStats
 
 __all__ = ["Dispatcher", "Job"]
 
@@ -36,6 +40,8 @@ __all__ = ["Dispatcher", "Job"]
 Job = tuple[Invocation, tuple[str, ...]]
 
 _TOPIC_HEADERS_CACHE = 1024  # routed topics whose merged headers are kept (all dropped when full)
+
+logger = logging.getLogger("aioconnector")
 
 
 @final
@@ -49,13 +55,17 @@ class Dispatcher:
     __slots__ = (
         "_base_headers",
         "_clock",
+        "_config",
         "_counts",
         "_drain",
         "_hub",
-        "_retry",
+        "_lanes",
+        "_policies",
+        "_problems",
         "_runtime",
         "_slots",
         "_topic_headers",
+        "_waiting",
         "invoker",
         "refusal",
         "topic_map",
@@ -64,7 +74,7 @@ class Dispatcher:
     def __init__(
         self, config: ControllerConfig, slots: Slots, hub: ResultHub, drain: Drain, counts: Counts
     ) -> None:
-        self._retry = config.retry
+        self._config = config
         self._slots = slots
         self._hub = hub
         self._drain = drain
@@ -81,7 +91,13 @@ class Dispatcher:
         self._clock: Callable[[], float] = anyio.current_time  # the loop's own, once started
         self._runtime: Runtime | None = None  # set by start()
         self.invoker: Invoker | None = None  # set by start()
-        self.topic_map = TopicMap.EMPTY  # replaced whole by the refresher
+        self.topic_map = TopicMap.EMPTY  # replaced whole by `install`
+        # Policies of the functions that declare one (the others: the config's), and the
+        # invalid annotations last reported for each.
+        self._policies: dict[str, FunctionPolicy] = {}
+        self._problems: dict[str, tuple[str, ...]] = {}
+        self._lanes: dict[str, Lane] = {}  # made at a function's first invocation
+        self._waiting = 0  # invocations waiting for a turn after giving back their slot
         # None while messages are accepted; otherwise why not (the ControllerStateError's
         # message). Set by the controller as its state changes: one attribute to check for
         # each message, instead of the state and the wording that goes with it.
@@ -93,6 +109,85 @@ class Dispatcher:
         self.invoker = invoker
         self._runtime = runtime
         self._clock = runtime.clock
+        invoker.set_timeouts(self._timeouts())
+
+    def stop(self) -> None:
+        """The controller is closing: no gate timer may outlive it."""
+        for lane in self._lanes.values():
+            lane.close()
+
+    # -- policy --------------------------------------------------------------------------
+
+    def install(self, topic_map: TopicMap) -> None:
+        """Route by ``topic_map`` from now on, with its functions' policies."""
+        config = self._config
+        policies: dict[str, FunctionPolicy] = {}
+        problems: dict[str, tuple[str, ...]] = {}
+        for address in sorted(topic_map.addresses()):
+            declared = topic_map.annotations_of(address)
+            if not declared:
+                continue
+            policy, invalid = policy_from_annotations(
+                address, declared, retry=config.retry, timeout=config.upstream_timeout
+            )
+            policies[address] = policy
+            if invalid:
+                problems[address] = invalid
+                if self._problems.get(address) != invalid:  # once per change, not per refresh
+                    logger.warning(
+                        "function %s: ignoring invalid annotation(s), using the config's "
+                        "values instead: %s",
+                        address,
+                        "; ".join(invalid),
+                    )
+        self._policies, self._problems = policies, problems
+        # One assignment: an invocation sees the old map or the new one.
+        self.topic_map = topic_map
+        for address, lane in tuple(self._lanes.items()):
+            if address in policies or lane.in_flight or lane.waiters:
+                lane.update(self.policy_for(address), config.max_concurrency)
+            else:
+                lane.close()
+                del self._lanes[address]  # made again, with what it learnt lost, if needed
+        if self.invoker is not None:
+            self.invoker.set_timeouts(self._timeouts())
+
+    def policy_for(self, function: str) -> FunctionPolicy:
+        """The function's effective policy: its annotations over the config."""
+        policy = self._policies.get(function)
+        if policy is None:
+            config = self._config
+            policy = FunctionPolicy(
+                function=function,
+                retry=config.retry,
+                max_concurrency=None,
+                timeout=config.upstream_timeout,
+                idempotent=False,
+            )
+        return policy
+
+    def function_stats(self) -> dict[str, FunctionStats]:
+        now = self._clock()
+        return {address: lane.stats(now) for address, lane in sorted(self._lanes.items())}
+
+    def _timeouts(self) -> dict[str, float | None]:
+        default = self._config.upstream_timeout
+        return {f: p.timeout for f, p in self._policies.items() if p.timeout != default}
+
+    def _lane(self, function: str) -> Lane:
+        assert self._runtime is not None  # noqa: S101 - set by start()
+        config = self._config
+        lane = self._lanes[function] = Lane(
+            self.policy_for(function),
+            max_concurrency=config.max_concurrency,
+            adaptive=config.adaptive_concurrency,
+            budget=config.retry_budget,
+            call_later=self._runtime.call_later,
+            now=self._clock(),
+        )
+        return lane
+
+    # -- the data path -------------------------------------------------------------------
 
     def accept(
         self, topic: str, body: Body, headers: Mapping[str, str] | None, context: object
@@ -191,35 +286,56 @@ class Dispatcher:
         began[index] = True  # from here on, run() gives the slot back
         results[index] = await self.run(invocation)
 
-    async def run(self, invocation: Invocation) -> InvocationResult:
-        """Invoke one function with a slot already taken; always gives back the slot it holds."""
+    async def run(self, invocation: Invocation) -> InvocationResult:  # noqa: PLR0915 - one frame
+        """Invoke one function with a slot already taken; always gives back the slot it holds.
+
+        Each request waits for a turn of the function's lane first; a wait gives back the slot
+        (up to ``max_waiting`` waits at once), so a saturated function never holds up others.
+        """
         holding = True
         clock = self._clock
+        lane = self._lanes.get(invocation.function) or self._lane(invocation.function)
+        drain = self._drain
         try:
             self._counts.started += 1
             started = clock()
             attempt = 0  # requests made so far
             while True:
                 invoker = self.invoker
-                if invoker is None or self._drain.cancelling:  # shutdown, before the request
+                if invoker is None or drain.cancelling:  # shutdown, before the request
                     result = cancelled(invocation, clock() - started, attempts=attempt)
                     ok = False
                     break
+                if lane.in_flight < lane.cap and not lane.waiters:
+                    lane.in_flight += 1  # the usual case: the function has room
+                else:
+                    turn, holding = await self._wait_turn(lane, holding)
+                    if not turn:  # shutdown while waiting
+                        result = cancelled(invocation, clock() - started, attempts=attempt)
+                        ok = False
+                        break
                 attempt += 1
-                result = await invoker.invoke(invocation)  # shutdown during it: cancelled
+                sent = clock()
+                if attempt == 1:
+                    lane.first_attempt(sent)
+                try:
+                    result = await invoker.invoke(invocation)  # shutdown during it: cancelled
+                except BaseException:
+                    lane.in_flight -= 1
+                    lane.wake()
+                    raise
+                lane.done(result, sent)
                 ok = result.ok
                 if ok:
                     break  # the usual case, without asking the retry policy
-                delay = self._retry.delay_before_retry(
-                    result, attempt=attempt, elapsed=clock() - started
-                )
-                if delay is None or self._drain.cancelling:
+                delay = self._retry_delay(lane, result, attempt, started)
+                if delay is None:
                     break
                 # Wait without a slot, so a retrying invocation never blocks others.
                 self._counts.retries += 1
                 self._slots.release()
                 holding = False
-                if not await self._drain.pause(delay):
+                if not await drain.pause(delay):
                     break  # shutdown: keep the last answer
                 await self._slots.acquire()
                 holding = True
@@ -235,6 +351,42 @@ class Dispatcher:
         finally:
             if holding:
                 self._slots.release()
+
+    def _retry_delay(
+        self, lane: Lane, result: InvocationResult, attempt: int, started: float
+    ) -> float | None:
+        """Seconds to wait before trying again, or None to keep ``result``: the function's
+        retry policy says no, the controller is shutting down, or the retry budget is spent
+        (then the failure is the result at once)."""
+        now = self._clock()
+        delay = lane.policy.retry.delay_before_retry(result, attempt=attempt, elapsed=now - started)
+        if delay is None or self._drain.cancelling or not lane.may_retry(now):
+            return None
+        return delay
+
+    async def _wait_turn(self, lane: Lane, holding: bool) -> tuple[bool, bool]:
+        """Wait for a turn of ``lane``, without the slot if fewer than ``max_waiting`` others
+        wait so; then take a slot again. Returns (got the turn, holding a slot)."""
+        slots = self._slots
+        let_go = holding and self._waiting < self._config.max_waiting
+        if let_go:
+            slots.release()
+            holding = False
+            self._waiting += 1
+        try:
+            turn = await self._drain.suspend(lane.wait_turn)
+        finally:
+            if let_go:
+                self._waiting -= 1
+        if turn and not holding:
+            try:
+                await slots.acquire()
+            except BaseException:
+                lane.in_flight -= 1  # the turn was taken: give it on
+                lane.wake()
+                raise
+            holding = True
+        return turn, holding
 
 
 def _for_function(first: Invocation, function: str) -> Invocation:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, final
 
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Drain"]
 
@@ -25,8 +26,8 @@ class Drain:
     A message enters (`enter`) when it is admitted and leaves (`leave`) once all its
     invocations ended. `drain` waits until none is left, up to a timeout, then cancels the
     rest: requests in progress through the ``abort`` it is given (the invoker's: one call
-    instead of a cancel scope around every request), retry pauses (`pause`) through their
-    own scopes.
+    instead of a cancel scope around every request), retry pauses and waits for a function's
+    turn (`pause`, `suspend`) through their own scopes.
     """
 
     __slots__ = ("_pausing", "busy", "cancelling", "idle")
@@ -53,10 +54,17 @@ class Drain:
 
     async def pause(self, delay: float) -> bool:
         """Sleep before a retry; False when `drain` cut the sleep short."""
+        return await self.suspend(functools.partial(anyio.sleep, delay))
+
+    async def suspend(self, wait: Callable[[], Awaitable[object]]) -> bool:
+        """``await wait()`` (a pause, a wait for a turn); False when `drain` gave up waiting
+        for the messages in progress, before or during it."""
+        if self.cancelling:
+            return False
         with anyio.CancelScope() as scope:
             self._pausing.add(scope)
             try:
-                await anyio.sleep(delay)
+                await wait()
             finally:
                 self._pausing.discard(scope)
         return not scope.cancelled_caught

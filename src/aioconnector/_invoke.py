@@ -21,7 +21,7 @@ from ._errors import (
 from ._results import InvocationResult
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
     from ._config import BasicAuth, ControllerConfig
 
@@ -90,6 +90,10 @@ class Invoker(Protocol):
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         """The invocation's result (`cancelled` when `abort` stopped it)."""
 
+    def set_timeouts(self, timeouts: Mapping[str, float | None]) -> None:
+        """From now on, requests to these functions (by address) take these timeouts instead
+        of ``upstream_timeout`` (``None``: no timeout)."""
+
     def abort(self) -> None:
         """Stop every invocation in progress (they return `cancelled` results), and every
         later one.
@@ -115,6 +119,10 @@ class HttpxInvoker:
         self._auth = None if creds is None else httpx.BasicAuth(creds.user, creds.password)
         self._scopes: set[anyio.CancelScope] = set()
         self._aborted = False
+        self._timeouts: Mapping[str, float | None] = {}
+
+    def set_timeouts(self, timeouts: Mapping[str, float | None]) -> None:
+        self._timeouts = dict(timeouts)
 
     def abort(self) -> None:
         self._aborted = True
@@ -133,8 +141,9 @@ class HttpxInvoker:
         headers: dict[str, str] = {}
         body = b""
         error: InvocationError | None = None
+        timeout = self._timeouts.get(invocation.function, self._timeout)
         # One deadline for the whole exchange (httpx's timeouts are per read, not per call).
-        with anyio.move_on_after(self._timeout) as deadline:
+        with anyio.move_on_after(timeout) as deadline:
             self._scopes.add(deadline)
             if self._aborted:
                 deadline.cancel()  # abort() came first: send nothing
@@ -176,7 +185,7 @@ class HttpxInvoker:
             headers=headers,
             error=error,
             timed_out=deadline.cancelled_caught,
-            timeout=self._timeout,
+            timeout=timeout,
             now=anyio.current_time(),
         )
 

@@ -44,8 +44,7 @@ class Refresher:
 
     def install(self, topic_map: TopicMap) -> None:
         """Route by ``topic_map`` from now on (the first map too, built at startup)."""
-        # One assignment: an invocation sees the old map or the new one.
-        self._dispatcher.topic_map = topic_map
+        self._dispatcher.install(topic_map)
         counts = self._counts
         counts.refreshes += 1
         counts.last_refresh = datetime.now(timezone.utc)

@@ -8,9 +8,30 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from ._topics import TopicMap
 
-__all__ = ["ControllerStats", "Counts"]
+__all__ = ["ControllerStats", "Counts", "FunctionStats"]
+
+
+@attrs.frozen(kw_only=True)
+class FunctionStats:
+    """One function's delivery state, in :attr:`ControllerStats.per_function`."""
+
+    limit: float | None
+    """How many of its requests may be in flight at once: its adaptive limit, or its
+    ``com.aioconnector.max_concurrency``; ``None`` when only ``max_concurrency`` bounds it."""
+    in_flight: int
+    """Its requests on the wire now."""
+    waiting: int
+    """Its invocations waiting for a turn (the limit reached, or its gate closed)."""
+    gate_closed_for: float
+    """Seconds until its ``Retry-After`` gate opens; 0 when open."""
+    overloads: int
+    """Overload signals it gave (429, 502, 503, 504, timeouts, refused connections)."""
+    denied_retries: int
+    """Retries its retry budget refused: those failures were returned as they were."""
 
 
 @attrs.frozen(kw_only=True)
@@ -42,10 +63,12 @@ class ControllerStats:
     """When the topic map was last built successfully (UTC)."""
     last_refresh_error: str | None
     """The last refresh failure's message; ``None`` once a refresh succeeds again."""
+    per_function: Mapping[str, FunctionStats] = attrs.field(factory=dict)
+    """Each function invoked so far, by address: its limit, in flight, waiting, gate."""
 
-    def as_dict(self) -> dict[str, int | str | None]:
+    def as_dict(self) -> dict[str, object]:
         """The counters as a JSON-ready dict (``last_refresh`` as an ISO 8601 string)."""
-        values = attrs.asdict(self)
+        values: dict[str, object] = attrs.asdict(self)
         if self.last_refresh is not None:
             values["last_refresh"] = self.last_refresh.isoformat()
         return values
@@ -67,7 +90,12 @@ class Counts:
     last_refresh_error: str | None = None
 
     def snapshot(
-        self, *, in_flight: int, streams_full: int, topic_map: TopicMap
+        self,
+        *,
+        in_flight: int,
+        streams_full: int,
+        topic_map: TopicMap,
+        per_function: Mapping[str, FunctionStats],
     ) -> ControllerStats:
         """The counters with the gauges only the controller knows, as a `ControllerStats`."""
         return ControllerStats(
@@ -85,4 +113,5 @@ class Counts:
             refresh_failures=self.refresh_failures,
             last_refresh=self.last_refresh,
             last_refresh_error=self.last_refresh_error,
+            per_function=per_function,
         )

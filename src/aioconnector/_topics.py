@@ -10,6 +10,7 @@ import attrs
 
 from ._errors import DiscoveryError
 from ._message import topic_problem
+from ._policy import POLICY_ANNOTATIONS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -74,6 +75,9 @@ class ParsedFunctions:
 
     routes: tuple[tuple[str, tuple[str, ...]], ...]
     skipped: tuple[str, ...]
+    annotations: tuple[tuple[str, Mapping[str, str]], ...] = ()
+    """The policy annotations (``com.openfaas.retry.*``, ``com.aioconnector.*``) of the
+    routed functions that have any, by address."""
 
 
 def _topics_of(item: Mapping[str, Any], delimiter: str, skipped: list[str]) -> tuple[str, ...]:
@@ -112,6 +116,7 @@ def parse_functions(
     ns_ok = not namespace or SAFE_NAME_RE.fullmatch(namespace) is not None
     routes: list[tuple[str, tuple[str, ...]]] = []
     skipped: list[str] = []
+    policies: list[tuple[str, Mapping[str, str]]] = []
     for index, item in enumerate(data):
         if not isinstance(item, dict):
             skipped.append(f"item {index}: {_json_type(item)}, not an object")
@@ -130,8 +135,26 @@ def parse_functions(
         elif not ns_ok:
             skipped.append(f"{_describe(name)}: namespace {_describe(namespace or '')} not safe")
         else:
-            routes.append((f"{name}.{namespace}" if namespace else name, topics))
-    return ParsedFunctions(routes=tuple(routes), skipped=tuple(skipped))
+            address = f"{name}.{namespace}" if namespace else name
+            routes.append((address, topics))
+            declared = _policy_annotations(item)
+            if declared:
+                policies.append((address, declared))
+    return ParsedFunctions(
+        routes=tuple(routes), skipped=tuple(skipped), annotations=tuple(policies)
+    )
+
+
+def _policy_annotations(item: Mapping[str, Any]) -> dict[str, str]:
+    """The function's annotations that set its delivery policy (text values only)."""
+    annotations = item.get("annotations")
+    if not isinstance(annotations, dict):
+        return {}
+    return {
+        name: value
+        for name in POLICY_ANNOTATIONS.intersection(annotations)
+        if isinstance(value := annotations[name], str)
+    }
 
 
 @attrs.frozen(repr=False)
@@ -143,10 +166,16 @@ class TopicMap:
     # A plain dict, never handed out, so functions_for() is one dict lookup.
     _by_topic: Mapping[str, tuple[str, ...]] = attrs.field(hash=False)
     _function_count: int
+    _annotations: Mapping[str, Mapping[str, str]] = attrs.field(factory=dict, hash=False)
 
     @classmethod
-    def build(cls, routes: Iterable[tuple[str, Iterable[str]]]) -> TopicMap:
-        """Build a map from ``(address, topics)`` pairs; repeated pairs are merged."""
+    def build(
+        cls,
+        routes: Iterable[tuple[str, Iterable[str]]],
+        annotations: Iterable[tuple[str, Mapping[str, str]]] = (),
+    ) -> TopicMap:
+        """Build a map from ``(address, topics)`` pairs; repeated pairs are merged.
+        ``annotations``: ``(address, policy annotations)`` pairs, for `annotations_of`."""
         by_topic: dict[str, set[str]] = {}
         addresses: set[str] = set()
         for address, topics in routes:
@@ -156,11 +185,20 @@ class TopicMap:
             for topic in topics:
                 by_topic.setdefault(topic, set()).add(address)
                 addresses.add(address)
-        return cls({t: tuple(sorted(a)) for t, a in by_topic.items()}, len(addresses))
+        declared = {address: dict(values) for address, values in annotations if values}
+        return cls({t: tuple(sorted(a)) for t, a in by_topic.items()}, len(addresses), declared)
 
     def functions_for(self, topic: str) -> tuple[str, ...]:
         """The sorted addresses of the functions subscribed to ``topic``; ``()`` if none."""
         return self._by_topic.get(topic, ())
+
+    def annotations_of(self, address: str) -> Mapping[str, str]:
+        """The policy annotations of a function (``{}`` when it declares none)."""
+        return self._annotations.get(address, {})
+
+    def addresses(self) -> frozenset[str]:
+        """Every function address with at least one topic."""
+        return frozenset(a for addresses in self._by_topic.values() for a in addresses)
 
     def topics(self) -> frozenset[str]:
         """Every topic that routes to at least one function."""

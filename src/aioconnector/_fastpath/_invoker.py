@@ -24,7 +24,7 @@ from ._wire import WireAbortedError, WireTimeoutError
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Mapping
 
     from .._config import ControllerConfig
     from .._invoke import Invocation
@@ -46,6 +46,12 @@ _CONNECTS_AT_ONCE: Final = 256
 # How often deadlines are checked: 1/20 of upstream_timeout, within these bounds.
 _SWEEP_MIN: Final = 0.005
 _SWEEP_MAX: Final = 0.1
+
+
+def _sweep_interval(timeout: float | None, others: Iterable[float | None]) -> float:
+    """1/20 of the shortest timeout, within the bounds: no deadline is missed by more."""
+    shortest = min((t for t in (timeout, *others) if t), default=0.0)
+    return min(_SWEEP_MAX, max(_SWEEP_MIN, shortest / 20))
 
 
 class _ConnectError(Exception):
@@ -105,8 +111,12 @@ class FastInvoker:
         self._clock: Callable[[], float] | None = None if runtime is None else runtime.clock
         # Deadlines are swept for (see _start_sweep): at most this late.
         self._sweep: Timer | None = None
-        timeout = config.upstream_timeout or 0.0
-        self._sweep_every = min(_SWEEP_MAX, max(_SWEEP_MIN, timeout / 20))
+        self._timeouts: dict[str, float | None] = {}  # functions with their own timeout
+        self._sweep_every = _sweep_interval(config.upstream_timeout, ())
+
+    def set_timeouts(self, timeouts: Mapping[str, float | None]) -> None:
+        self._timeouts = dict(timeouts)
+        self._sweep_every = _sweep_interval(self._timeout, self._timeouts.values())
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         """The result of one exchange (`cancelled` when `abort` stopped it)."""
@@ -116,8 +126,11 @@ class FastInvoker:
             raise RuntimeError("this FastInvoker is closed")
         if self._aborted:
             return cancelled(invocation, 0.0, attempts=1)
+        timeout = self._timeout
+        if self._timeouts:  # a dict lookup only when some function has its own timeout
+            timeout = self._timeouts.get(invocation.function, timeout)
         # One deadline for the whole exchange, connecting included, as HttpxInvoker.
-        deadline = math.inf if self._timeout is None else started + self._timeout
+        deadline = math.inf if timeout is None else started + timeout
         status: int | None = None
         headers: dict[str, str] = {}
         body = b""
@@ -169,7 +182,7 @@ class FastInvoker:
             headers=headers,
             error=error,
             timed_out=timed_out,
-            timeout=self._timeout,
+            timeout=timeout,
             now=clock(),
         )
 
