@@ -68,7 +68,7 @@ def test_all_is_sorted_complete_and_documented() -> None:
     public = {n for n in vars(aioconnector.testing) if not n.startswith("_")}
     public -= {"annotations"}  # from __future__
     assert set(exported) == public
-    for name in ("FakeGateway", "FakeResponse", "RecordedRequest"):
+    for name in ("FakeGateway", "FakeResponse", "FunctionStats", "Latency", "RecordedRequest"):
         obj = getattr(aioconnector.testing, name)
         assert obj.__module__.startswith("aioconnector.testing")
         assert obj.__doc__

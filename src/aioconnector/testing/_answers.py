@@ -58,3 +58,22 @@ def fault(status: int, body: bytes | None, headers: Mapping[str, str]) -> FakeRe
 def with_headers(response: FakeResponse, extra: Mapping[str, str]) -> FakeResponse:
     """``response`` without framing headers, plus the gateway's ``extra`` headers."""
     return attrs.evolve(response, headers=merge(response.headers, extra))
+
+
+def throttled(max_inflight: int, retry_after: int | None) -> FakeResponse:
+    """of-watchdog's answer when ``max_inflight`` requests are already in progress."""
+    response = text(
+        429, f"Concurrent request limit exceeded. Max concurrent requests: {max_inflight}\n"
+    )
+    if retry_after is None:
+        return response
+    return with_headers(response, {"Retry-After": str(retry_after)})
+
+
+def unreachable_body(status: int, ref: str) -> bytes | None:
+    """The gateway's body when it cannot reach function ``ref`` (None: the reason phrase)."""
+    if status == 500:  # faas-provider's proxy, when the call to the function fails
+        return f"Can't reach service for: {ref}.".encode()
+    if status == 503:  # faas-provider's proxy, when the function has no endpoint
+        return f"No endpoints available for: {ref}.".encode()
+    return None

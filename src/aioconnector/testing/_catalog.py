@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import attrs
 
+from ._capacity import Capacity
 from ._models import FakeResponse
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Function:
     labels: dict[str, str] | None
     handler: Handler | None
     created_at: str
+    capacity: Capacity = attrs.field(factory=Capacity)
     invocation_count: int = 0
 
     @property

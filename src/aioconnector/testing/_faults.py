@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -57,9 +59,29 @@ class _Fault:
         return self.remaining == 0
 
 
+def _check_duration(_instance: object, _attribute: object, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"duration must be None (until cleared) or seconds > 0, got {value!r}")
+
+
 @attrs.define(kw_only=True)
 class FunctionFault(_Fault):
-    """A fault for one function: how the gateway answers its /function/ and /async-function/."""
+    """A fault for one function: how the gateway answers its /function/ and /async-function/.
+
+    With a ``duration`` it lapses that many seconds (of :func:`time.monotonic`) after it was
+    made, whatever ``times`` has left.
+    """
+
+    duration: float | None = attrs.field(default=None, validator=_check_duration)
+    expires_at: float | None = attrs.field(init=False)
+
+    @expires_at.default
+    def _expires_at(self) -> float | None:
+        return None if self.duration is None else time.monotonic() + self.duration
+
+    def expired(self) -> bool:
+        """Whether its time window is over."""
+        return self.expires_at is not None and time.monotonic() >= self.expires_at
 
     def __attrs_post_init__(self) -> None:
         if self.drop_connection and self.status is not None:

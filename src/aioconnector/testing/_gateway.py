@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from . import _answers as answers
+from ._capacity import Capacity, Load
 from ._catalog import DEFAULT_NAMESPACE, Function, Route, address, check_name, parse_route
 from ._faults import FunctionFault, SystemEndpoint, SystemFault
 from ._models import FakeResponse, RecordedRequest
@@ -24,8 +25,9 @@ from ._wire import DROP, Background, Incoming, Outcome
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
+    from ._capacity import FunctionStats, Latency
     from ._models import Handler
 
 __all__ = ["DEFAULT_NAMESPACE", "FakeGateway"]
@@ -59,6 +61,17 @@ class FakeGateway:
     Every request is appended to :attr:`requests`. Functions, faults and recordings may be
     changed at any time, also while serving.
 
+    Each function may have a capacity (:meth:`set_capacity`, or the same arguments to
+    :meth:`add_function`): at most ``max_inflight`` requests in progress, the next ones
+    answered 429 at once like of-watchdog (with ``Retry-After`` when ``retry_after`` is set),
+    and a :class:`Latency` that grows with the requests in progress. :meth:`set_down` and
+    :meth:`set_up` take a function out and back (an outage, optionally for a time window);
+    :meth:`function_stats` counts each function's requests, 429s and peak concurrency.
+
+    ``sleep`` is awaited for every delay the gateway makes (fault latencies and the
+    :class:`Latency` model); it defaults to :func:`anyio.sleep`. A test can pass one that
+    records the delays or skips them.
+
     An exception raised by a handler is a bug in the test: through :meth:`transport` it
     propagates to the caller; in :meth:`serve` (or in background async work) it ends the front
     end's ``async with`` block with an exception group.
@@ -72,7 +85,10 @@ class FakeGateway:
         namespace_support: bool = True,
         base_path: str = "",
         callback_transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[object]] | None = None,
     ) -> None:
+        if sleep is not None and not callable(sleep):
+            raise TypeError(f"sleep must be an async callable taking seconds, got {sleep!r}")
         if base_path and (not base_path.startswith("/") or base_path.endswith("/")):
             raise ValueError(f"base_path must start with '/' and not end with one: {base_path!r}")
         if isinstance(namespaces, str):
@@ -82,6 +98,8 @@ class FakeGateway:
         self._namespace_support = namespace_support
         self._base_path = base_path
         self._callback_transport = callback_transport
+        self._sleep = sleep or anyio.sleep
+        self._loads: dict[str, Load] = {}  # by address
         self._functions: dict[tuple[str, str], Function] = {}
         self._faults: dict[str, FunctionFault] = {}  # by address
         self._system_faults: list[SystemFault] = []
@@ -107,6 +125,9 @@ class FakeGateway:
         annotations: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         handler: Handler | None = None,
+        max_inflight: int | None = None,
+        retry_after: int | None = None,
+        latency: Latency | None = None,
     ) -> None:
         """Deploy (or redeploy, replacing) the function ``name`` in ``namespace``.
 
@@ -117,9 +138,15 @@ class FakeGateway:
         200 (and its ``Content-Type``), a :class:`FakeResponse` is returned as it is, and a
         callable gets the :class:`RecordedRequest` and returns (or, if async, awaits to) a
         :class:`FakeResponse`.
+
+        ``annotations`` are listed as given, any key and value (e.g.
+        ``{"com.openfaas.retry.attempts": "5"}``), so a test can also list invalid ones.
+        ``max_inflight``, ``retry_after`` and ``latency`` set its capacity, as
+        :meth:`set_capacity` does (none by default: every request admitted, no added delay).
         """
         check_name("name", name)
         check_name("namespace", namespace)
+        capacity = Capacity(max_inflight=max_inflight, retry_after=retry_after, latency=latency)
         merged = dict(annotations) if annotations is not None else None
         if topics is not None:
             if merged is not None and "topic" in merged:
@@ -136,6 +163,7 @@ class FakeGateway:
             labels=dict(labels) if labels is not None else None,
             handler=handler,
             created_at=created,
+            capacity=capacity,
         )
 
     def remove_function(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -147,6 +175,35 @@ class FakeGateway:
             del self._functions[name, namespace]
         except KeyError:
             raise KeyError(f"no function {name}.{namespace}") from None
+
+    def set_capacity(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        max_inflight: int | None = None,
+        retry_after: int | None = None,
+        latency: Latency | None = None,
+    ) -> None:
+        """Set what the deployed function can take, replacing its previous capacity.
+
+        ``max_inflight`` works like of-watchdog's: while that many of the function's requests
+        are in progress, the next ones are answered 429 at once, body ``Concurrent request
+        limit exceeded. Max concurrent requests: N``, without running the handler; ``None``
+        admits all. ``retry_after`` (whole seconds, needs ``max_inflight``) adds
+        ``Retry-After`` to those 429s. ``latency`` (a :class:`Latency`) makes each admitted
+        request sleep longer the more requests are in progress. All apply behind the
+        function's fault, to ``/async-function/`` work too (its callback then carries the
+        429), and take effect for the next request; those in progress keep their place.
+
+        Raises :class:`KeyError` when there is no such function.
+        """
+        capacity = Capacity(max_inflight=max_inflight, retry_after=retry_after, latency=latency)
+        try:
+            function = self._functions[name, namespace]
+        except KeyError:
+            raise KeyError(f"no function {name}.{namespace}") from None
+        function.capacity = capacity
 
     # -- faults --------------------------------------------------------------------------
 
@@ -161,6 +218,7 @@ class FakeGateway:
         body: bytes | str | None = None,
         drop_connection: bool = False,
         times: int | None = None,
+        duration: float | None = None,
     ) -> None:
         """Make the gateway misbehave for requests to one function, replacing its fault.
 
@@ -171,6 +229,8 @@ class FakeGateway:
         answer (``drop_connection``; the in-process transport raises
         :class:`httpx.RemoteProtocolError`), or, with only a latency, answer normally.
         ``times=N`` applies it to the next N requests only; ``None`` until :meth:`clear_fault`.
+        ``duration`` ends it that many seconds (of :func:`time.monotonic`) from now, even with
+        ``times`` left.
         """
         fault = FunctionFault(
             latency=latency,
@@ -179,12 +239,47 @@ class FakeGateway:
             body=body.encode() if isinstance(body, str) else body,
             drop_connection=drop_connection,
             times=times,
+            duration=duration,
         )
         self._faults[address(name, namespace)] = fault
 
     def clear_fault(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Remove the function's fault, if any."""
         self._faults.pop(address(name, namespace), None)
+
+    def set_down(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        status: int | None = 500,
+        duration: float | None = None,
+    ) -> None:
+        """Take the function down: an outage, until :meth:`set_up` or for ``duration`` seconds.
+
+        Every ``/function/`` and ``/async-function/`` request for it gets what the gateway
+        answers when the function cannot be reached, without running the handler: by default
+        500 ``Can't reach service for: name.`` (faas-provider's proxy, when the call fails);
+        ``status=503`` answers ``No endpoints available for: name.`` (no replica ready), any
+        other status its reason phrase, and ``None`` closes the connection without an answer.
+        It is a :meth:`set_fault` (replacing the function's fault), so :meth:`clear_fault`
+        ends it too; ``duration`` counts in :func:`time.monotonic` seconds from now.
+        """
+        ref = name if namespace == DEFAULT_NAMESPACE else f"{name}.{namespace}"
+        if status is None:
+            self.set_fault(name, namespace=namespace, drop_connection=True, duration=duration)
+            return
+        self.set_fault(
+            name,
+            namespace=namespace,
+            status=status,
+            body=answers.unreachable_body(status, ref),
+            duration=duration,
+        )
+
+    def set_up(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """End the function's outage (or any fault of it): :meth:`clear_fault` by its name."""
+        self.clear_fault(name, namespace=namespace)
 
     def system_fault(
         self,
@@ -244,6 +339,25 @@ class FakeGateway:
         if not self._urls:
             raise RuntimeError("the gateway is not serving: use `async with gw.serve()` first")
         return self._urls[-1]
+
+    def function_stats(self, name: str, *, namespace: str = DEFAULT_NAMESPACE) -> FunctionStats:
+        """A snapshot of the counters of the function's requests since the last reset.
+
+        They count by address, so they outlive a redeploy or removal. Raises
+        :class:`KeyError` for a function neither deployed nor ever requested.
+        """
+        key = address(name, namespace)
+        load = self._loads.get(key)
+        if load is None:
+            if (name, namespace) not in self._functions:
+                raise KeyError(f"no function {key}, nor any request for it")
+            load = Load()
+        return load.snapshot()
+
+    def reset_stats(self) -> None:
+        """Zero every function's counters; each peak restarts from what is in progress."""
+        for load in self._loads.values():
+            load.reset()
 
     def invocations(self, function: str | None = None) -> list[RecordedRequest]:
         """The recorded ``/function/`` and ``/async-function/`` requests, in order.
@@ -353,6 +467,8 @@ class FakeGateway:
             is_async=route.kind == "async",
         )
         self.requests.append(record)
+        if invocation:
+            self._load(self._address(route)).requests += 1
         counted = route.kind == "function"
         if counted:
             self._invoking += 1
@@ -411,7 +527,7 @@ class FakeGateway:
         fault = self._take_system_fault(endpoint)
         if fault is not None:
             if fault.latency:
-                await anyio.sleep(fault.latency)
+                await self._sleep(fault.latency)
             if fault.drop_connection:
                 return DROP
             if fault.malformed_json or fault.truncated:
@@ -445,9 +561,43 @@ class FakeGateway:
     def _take_fault(self, route: Route) -> FunctionFault | None:
         key = self._address(route)
         fault = self._faults.get(key)
+        if fault is not None and fault.expired():
+            del self._faults[key]
+            return None
         if fault is not None and fault.consume():
             del self._faults[key]
         return fault
+
+    def _load(self, key: str) -> Load:
+        load = self._loads.get(key)
+        if load is None:
+            load = self._loads[key] = Load()
+        return load
+
+    def _count(self, route: Route, outcome: Outcome) -> Outcome:
+        """Count ``outcome`` in the function's statistics; return it."""
+        load = self._load(self._address(route))
+        if outcome is DROP:
+            load.dropped += 1
+        else:
+            load.statuses[outcome.status] += 1
+        return outcome
+
+    async def _run(self, function: Function, record: RecordedRequest) -> FakeResponse:
+        """Run the function within its capacity: 429 when full, else its latency, its answer."""
+        capacity, load = function.capacity, self._load(function.address)
+        if capacity.max_inflight is not None and capacity.full(load.inflight):
+            load.throttled += 1
+            return answers.throttled(capacity.max_inflight, capacity.retry_after)
+        others = load.enter()
+        try:
+            if capacity.latency is not None:
+                delay = capacity.latency.delay(others)
+                if delay:
+                    await self._sleep(delay)
+            return await function.call(record)
+        finally:
+            load.leave()
 
     async def _call(self, route: Route, record: RecordedRequest) -> tuple[FakeResponse, float]:
         """Run the function (or answer 404 for an unknown one); also return its duration."""
@@ -457,7 +607,7 @@ class FakeGateway:
             where = address(route.name, route.namespace)
             response = answers.text(404, f"error finding function {where}")
         else:
-            response = await function.call(record)
+            response = await self._run(function, record)
         return response, anyio.current_time() - started
 
     async def _faulted(self, route: Route, headers: Mapping[str, str]) -> Outcome | None:
@@ -466,7 +616,7 @@ class FakeGateway:
         if fault is None:
             return None
         if fault.latency:
-            await anyio.sleep(fault.latency)
+            await self._sleep(fault.latency)
         if fault.drop_connection:
             return DROP
         if fault.status is not None:
@@ -478,9 +628,10 @@ class FakeGateway:
         call_id, start_ns = str(uuid.uuid4()), time.time_ns()
         faulted = await self._faulted(route, answers.gateway_headers(call_id, start_ns))
         if faulted is not None:
-            return faulted
+            return self._count(route, faulted)
         response, duration = await self._call(route, record)
-        return answers.with_headers(response, answers.gateway_headers(call_id, start_ns, duration))
+        headers = answers.gateway_headers(call_id, start_ns, duration)
+        return self._count(route, answers.with_headers(response, headers))
 
     async def _invoke_async(
         self, route: Route, record: RecordedRequest, background: Background | None
@@ -488,7 +639,7 @@ class FakeGateway:
         call_id, start_ns = str(uuid.uuid4()), time.time_ns()
         faulted = await self._faulted(route, answers.gateway_headers(call_id, start_ns))
         if faulted is not None:
-            return faulted
+            return self._count(route, faulted)
         if background is None:
             raise RuntimeError(
                 "an /async-function/ request needs the fake gateway's transport to be open: "
@@ -514,6 +665,7 @@ class FakeGateway:
         self, route: Route, record: RecordedRequest, call_id: str, background: Background
     ) -> None:
         response, duration = await self._call(route, record)
+        self._count(route, response)
         callback_url = record.headers.get("x-callback-url")
         if not callback_url:
             return
