@@ -31,7 +31,7 @@ from ._source import SourceMessage as SourceMessage
 from ._source import SourceStats as SourceStats
 from ._source import run_source as run_source
 from ._source import settlement_of as settlement_of
-from ._stats import FunctionStats as FunctionStats
+from ._stats import FunctionState as FunctionState
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "ControllerStats",
     "DiscoveryError",
     "FunctionPolicy",
-    "FunctionStats",
+    "FunctionState",
     "GatewayUnavailableError",
     "InvocationCancelledError",
     "InvocationError",

@@ -271,7 +271,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             in_flight=self._slots.borrowed,
             streams_full=self._hub.streams_full,
             topic_map=self._dispatch.topic_map,
-            per_function=self._dispatch.function_stats(),
+            per_function=self._dispatch.function_states(),
         )
 
     @property

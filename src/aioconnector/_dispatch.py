@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._results import InvocationResult, ResultHub
     from ._runtime import Runtime
     from ._slots import Slots
-    from ._stats import Counts, FunctionStats
+    from ._stats import Counts, FunctionState
 
 __all__ = ["Dispatcher", "Job"]
 
@@ -166,7 +166,7 @@ class Dispatcher:
             )
         return policy
 
-    def function_stats(self) -> dict[str, FunctionStats]:
+    def function_states(self) -> dict[str, FunctionState]:
         now = self._clock()
         return {address: lane.stats(now) for address, lane in sorted(self._lanes.items())}
 

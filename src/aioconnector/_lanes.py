@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, final
 
 from ._errors import UpstreamConnectionError, UpstreamTimeoutError
 from ._retry import parse_retry_after
-from ._stats import FunctionStats
+from ._stats import FunctionState
 from ._waiters import WaiterQueue
 
 if TYPE_CHECKING:
@@ -266,8 +266,8 @@ class Lane:
 
     # -- what stats() shows ------------------------------------------------------------------
 
-    def stats(self, now: float) -> FunctionStats:
-        return FunctionStats(
+    def stats(self, now: float) -> FunctionState:
+        return FunctionState(
             limit=None if self.limit == math.inf else self.limit,
             in_flight=self.in_flight,
             waiting=len(self.waiters),

@@ -12,11 +12,11 @@ if TYPE_CHECKING:
 
     from ._topics import TopicMap
 
-__all__ = ["ControllerStats", "Counts", "FunctionStats"]
+__all__ = ["ControllerStats", "Counts", "FunctionState"]
 
 
 @attrs.frozen(kw_only=True)
-class FunctionStats:
+class FunctionState:
     """One function's delivery state, in :attr:`ControllerStats.per_function`."""
 
     limit: float | None
@@ -63,7 +63,7 @@ class ControllerStats:
     """When the topic map was last built successfully (UTC)."""
     last_refresh_error: str | None
     """The last refresh failure's message; ``None`` once a refresh succeeds again."""
-    per_function: Mapping[str, FunctionStats] = attrs.field(factory=dict)
+    per_function: Mapping[str, FunctionState] = attrs.field(factory=dict)
     """Each function invoked so far, by address: its limit, in flight, waiting, gate."""
 
     def as_dict(self) -> dict[str, object]:
@@ -95,7 +95,7 @@ class Counts:
         in_flight: int,
         streams_full: int,
         topic_map: TopicMap,
-        per_function: Mapping[str, FunctionStats],
+        per_function: Mapping[str, FunctionState],
     ) -> ControllerStats:
         """The counters with the gauges only the controller knows, as a `ControllerStats`."""
         return ControllerStats(
