@@ -239,7 +239,7 @@ class ControllerConfig:
     retry_budget: RetryBudget | None = attrs.field(
         factory=RetryBudget, validator=attrs.validators.optional(_instance(RetryBudget))
     )
-    # Invocations waiting for their function's turn without holding a slot; more hold one.
+    # Invocations waiting for their function's turn (holding no slot); submit() waits beyond.
     max_waiting: int = attrs.field(default=1024, validator=_positive_int)
     # Credentials go to /system/* only, unless the gateway also protects functions.
     auth_invocations: bool = attrs.field(default=False, validator=_instance(bool))

@@ -220,9 +220,12 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         ``max_concurrency``, kept until exit); their results go to the results streams.
         Returns how many functions matched (0: nothing will be invoked).
         """
-        job = self._dispatch.accept(topic, body, headers, context)
+        dispatch = self._dispatch
+        job = dispatch.accept(topic, body, headers, context)
         if not job[1]:
             return 0
+        if dispatch.waiting_full:
+            await dispatch.wait_for_room()
         await self._slots.acquire()
         session = self._session
         if session is None or self._state is not _RUNNING:

@@ -21,6 +21,7 @@ from ._lanes import Lane
 from ._message import base_headers, check_topic, coerce_body, merge_headers
 from ._policy import FunctionPolicy, policy_from_annotations
 from ._topics import TopicMap
+from ._waiters import WaiterQueue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -62,6 +63,7 @@ class Dispatcher:
         "_lanes",
         "_policies",
         "_problems",
+        "_room",
         "_runtime",
         "_slots",
         "_topic_headers",
@@ -97,7 +99,10 @@ class Dispatcher:
         self._policies: dict[str, FunctionPolicy] = {}
         self._problems: dict[str, tuple[str, ...]] = {}
         self._lanes: dict[str, Lane] = {}  # made at a function's first invocation
-        self._waiting = 0  # invocations waiting for a turn after giving back their slot
+        self._waiting = 0  # invocations waiting for their function's turn, without a slot
+        # Producers waiting while too many do (see wait_for_room). A woken producer looks
+        # again, so a turn lost to its cancellation needs nothing passed on.
+        self._room = WaiterQueue(lost_turn=lambda: None)
         # None while messages are accepted; otherwise why not (the ControllerStateError's
         # message). Set by the controller as its state changes: one attribute to check for
         # each message, instead of the state and the wording that goes with it.
@@ -289,8 +294,8 @@ class Dispatcher:
     async def run(self, invocation: Invocation) -> InvocationResult:  # noqa: PLR0915 - one frame
         """Invoke one function with a slot already taken; always gives back the slot it holds.
 
-        Each request waits for a turn of the function's lane first; a wait gives back the slot
-        (up to ``max_waiting`` waits at once), so a saturated function never holds up others.
+        Each request waits for a turn of the function's lane first; a wait gives back the
+        slot, so a saturated function never holds up others.
         """
         holding = True
         clock = self._clock
@@ -365,28 +370,43 @@ class Dispatcher:
         return delay
 
     async def _wait_turn(self, lane: Lane, holding: bool) -> tuple[bool, bool]:
-        """Wait for a turn of ``lane``, without the slot if fewer than ``max_waiting`` others
-        wait so; then take a slot again. Returns (got the turn, holding a slot)."""
+        """Wait for a turn of ``lane`` without a slot, then take a slot again. Returns (got
+        the turn, holding a slot).
+
+        Never holding a slot while waiting for a turn is what makes this deadlock-free: every
+        slot is held by a request in flight, or by an invocation about to start one or to
+        wait here, so slots always come back. `submit` stops admitting while ``max_waiting``
+        invocations wait here (`wait_for_room`), so waiting cannot grow without bound.
+        """
         slots = self._slots
-        let_go = holding and self._waiting < self._config.max_waiting
-        if let_go:
+        if holding:
             slots.release()
-            holding = False
-            self._waiting += 1
+        self._waiting += 1
         try:
             turn = await self._drain.suspend(lane.wait_turn)
         finally:
-            if let_go:
-                self._waiting -= 1
-        if turn and not holding:
-            try:
-                await slots.acquire()
-            except BaseException:
-                lane.in_flight -= 1  # the turn was taken: give it on
-                lane.wake()
-                raise
-            holding = True
-        return turn, holding
+            self._waiting -= 1
+            if self._room:
+                self._room.wake()
+        if not turn:
+            return False, False
+        try:
+            await slots.acquire()
+        except BaseException:
+            lane.in_flight -= 1  # the turn was taken: give it on
+            lane.wake()
+            raise
+        return True, True
+
+    @property
+    def waiting_full(self) -> bool:
+        """Whether ``max_waiting`` invocations wait for their function's turn."""
+        return self._waiting >= self._config.max_waiting
+
+    async def wait_for_room(self) -> None:
+        """Wait while ``max_waiting`` invocations wait for their function's turn."""
+        while self._waiting >= self._config.max_waiting:
+            await self._room.wait()
 
 
 def _for_function(first: Invocation, function: str) -> Invocation:

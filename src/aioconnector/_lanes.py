@@ -91,7 +91,7 @@ class Lane:
         # Adaptive state (see AdaptiveConcurrency).
         self._slow_start = True
         self._last_decrease = -math.inf
-        self._ceiling = math.inf  # the limit last refused
+        self._ceiling = _NO_LIMIT  # the cap (whole requests) last refused
         self._hold = 0  # successes to wait before probing above the limit
         self._hold_next = 0 if adaptive is None else adaptive.hold
         self.policy = policy
@@ -154,7 +154,7 @@ class Lane:
             if self._adaptive is not None:
                 self._succeeded(in_flight)
         else:
-            self._failed(result, sent_at, sent_at + result.duration, in_flight)
+            self._failed(result, sent_at, sent_at + result.duration)
         if self.waiters:
             self.wake()
 
@@ -167,17 +167,18 @@ class Lane:
             limit = self.limit + 1
         else:
             limit = self.limit + 1 / self.limit
-            if self._hold > 0 and int(limit) >= int(self._ceiling):
-                self._hold -= 1  # at the refused limit again: probe only after a while
-                return
-            if limit >= self._ceiling + 1:  # a probe above the refused limit succeeded
-                self._ceiling = math.inf
-                self._hold_next = adaptive.hold
+            if int(limit) >= self._ceiling:
+                if self._hold > 0:
+                    self._hold -= 1  # back at the refused cap: probe only after a while
+                    return
+                if int(limit) > self._ceiling:  # a probe above the refused cap succeeded
+                    self._ceiling = _NO_LIMIT
+                    self._hold_next = adaptive.hold
         self.limit = min(limit, self._high)
         if self.gate_until == -math.inf:
             self.cap = _as_cap(self.limit)
 
-    def _failed(self, result: InvocationResult, sent_at: float, now: float, in_flight: int) -> None:
+    def _failed(self, result: InvocationResult, sent_at: float, now: float) -> None:
         status = result.status
         if status is not None:
             overload = status in OVERLOAD_STATUSES
@@ -195,13 +196,18 @@ class Lane:
         if adaptive is None or sent_at < self._last_decrease:
             return  # sent before the last decrease: that one already accounted for it
         self._last_decrease = now
-        self._ceiling = self.limit
         self._slow_start = False
-        self._hold = self._hold_next
-        self._hold_next = min(adaptive.max_hold, max(1, self._hold_next * 2))
-        # What the function evidently held when it refused: the requests still in flight.
-        limit = min(self.limit * adaptive.decrease, float(max(in_flight - 1, 1)))
-        self.limit = max(limit, self._low)
+        refused = int(self.limit)
+        if refused >= self._ceiling:
+            # A probe refused again: probe this cap less and less often.
+            self._hold = self._hold_next
+            self._hold_next = min(adaptive.max_hold, self._hold_next * 2)
+        else:
+            # Refused below the last refused cap: the function's capacity shrank (or another
+            # client took some); find the new one without waiting long.
+            self._hold = adaptive.hold
+        self._ceiling = refused
+        self.limit = max(self.limit * adaptive.decrease, self._low)
         if self.gate_until == -math.inf:
             self.cap = _as_cap(self.limit)
 
