@@ -1,0 +1,220 @@
+"""NATS JetStream to OpenFaaS: a durable pull consumer whose subjects are the topics.
+
+Each message invokes every function whose ``topic`` annotation names its subject (with
+--strip-prefix removed: ``events.orders`` -> ``orders``), with the message as the body and
+``X-Message-Id`` set to its ``Nats-Msg-Id`` header, or else its stream sequence number.
+
+Delivery is at least once, in no particular order (up to max_concurrency messages at once):
+
+- every matched function answered 2xx: ack;
+- an invocation failed: nak with a delay (--nak-delay, doubled at each delivery), so JetStream
+  redelivers it, until the consumer's max_deliver: then term (and log);
+- no function subscribes, or the message cannot be invoked: term and log at once
+  (--nak-unroutable: nak those too, until max_deliver);
+- a connector that dies leaves its messages unacked: JetStream redelivers them after ack_wait.
+
+The stream and the durable consumer are created when missing (an existing one keeps its
+settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
+no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the
+rest to redelivery, exit 0. Keep ack_wait above the longest invocation (upstream_timeout,
+retries included). Needs ``pip install 'aioconnector[nats]'``:
+
+    gateway_url=http://127.0.0.1:8080 aioconnector connect nats \\
+        --stream EVENTS --subjects 'events.>' --strip-prefix events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
+
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import AsyncIterator, Sequence
+
+    from anyio.abc import TaskStatus
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
+
+__all__ = ["CONNECTOR", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.nats")
+_FETCH_TIMEOUT = 1.0  # seconds a fetch waits for messages; also how soon a stop is noticed
+_MAX_NAK_DELAY = 60.0
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """What to consume and how to settle it; each field is also a flag (env ``nats_<field>``)."""
+
+    url: str = option("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
+    stream: str = option("EVENTS", "JetStream stream (created if missing)")
+    subjects: tuple[str, ...] = option(
+        ("events.>",), "subjects to consume, comma-separated", also_env=("topics",)
+    )
+    durable: str = option("aioconnector", "durable consumer, shared by replicas (created)")
+    batch: int = option(16, "messages per fetch")
+    strip_prefix: str = option("", "removed from a subject to give its topic, e.g. 'events.'")
+    ack_wait: float = option(30.0, "before an unacked message is redelivered (new consumer)")
+    max_deliver: int = option(5, "deliveries before a failing message is terminated (new consumer)")
+    nak_delay: float = option(1.0, "redelivery delay after a failure, doubled each time")
+    nak_unroutable: bool = option(default=False, help="nak unmatched/invalid messages, not term")
+
+
+async def run(
+    controller: AsyncController,
+    options: Options,
+    *,
+    stop: anyio.Event | None = None,
+    stop_signals: Sequence[signal.Signals] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> SourceStats:
+    """Consume into ``controller`` until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once the consumer is bound and the workers wait.
+    """
+    CONNECTOR.require()
+    import nats
+
+    client = await nats.connect(
+        options.url.split(","), name=controller.config.connector_name, error_cb=_log_nats_error
+    )
+    try:
+        subscription, max_deliver = await _subscribe(client.jetstream(), options)
+        return await run_source(
+            controller,
+            _fetch(subscription, options),
+            convert=partial(_convert, options.strip_prefix),
+            settle=partial(_settle, options, max_deliver),
+            stop=stop,
+            stop_signals=stop_signals,
+            task_status=task_status,
+        )
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.close()  # also sends the acks still buffered
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    """nats-py reports connection trouble here (and retries): one line, not a traceback."""
+    log.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+
+async def _subscribe(
+    js: JetStreamContext, options: Options
+) -> tuple[JetStreamContext.PullSubscription, int]:
+    """Bind to the durable consumer, creating it (and the stream) if missing; its max_deliver."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import NotFoundError
+
+    try:
+        await js.stream_info(options.stream)
+    except NotFoundError:
+        await js.add_stream(name=options.stream, subjects=list(options.subjects))
+    try:
+        info = await js.consumer_info(options.stream, options.durable)
+    except NotFoundError:
+        config = ConsumerConfig(
+            durable_name=options.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=options.ack_wait,
+            max_deliver=options.max_deliver,
+            # One subject filters the stream; several read all of it (filter_subjects would
+            # need nats-server 2.10).
+            filter_subject=options.subjects[0] if len(options.subjects) == 1 else None,
+        )
+        info = await js.add_consumer(options.stream, config)
+    subscription = await js.pull_subscribe_bind(durable=options.durable, stream=options.stream)
+    return subscription, info.config.max_deliver or -1
+
+
+async def _fetch(
+    subscription: JetStreamContext.PullSubscription, options: Options
+) -> AsyncIterator[Msg]:
+    """The consumer's messages, fetched ``options.batch`` at a time."""
+    import nats.errors
+
+    await anyio.lowlevel.checkpoint()  # run_source's signal handlers go in before "ready"
+    announce_ready(log, f"stream {options.stream} as durable consumer {options.durable}")
+    while True:
+        try:
+            batch = deque(await subscription.fetch(options.batch, timeout=_FETCH_TIMEOUT))
+        except nats.errors.TimeoutError:
+            continue  # nothing new
+        try:
+            while batch:
+                yield batch.popleft()
+        finally:
+            for msg in batch:  # stopped mid-batch: hand them back now, not after ack_wait
+                await msg.nak()
+
+
+def message_id(msg: Msg) -> str:
+    """The publisher's ``Nats-Msg-Id``, or else the stream sequence number."""
+    return (msg.headers or {}).get("Nats-Msg-Id") or str(msg.metadata.sequence.stream)
+
+
+def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
+    """The subject (without ``strip_prefix``) is the topic, the payload the body."""
+    topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
+    return SourceMessage(topic=topic, body=msg.data, message_id=message_id(msg))
+
+
+async def _settle(
+    options: Options,
+    max_deliver: int,
+    msg: Msg,
+    verdict: Settlement,
+    results: Sequence[InvocationResult],
+) -> None:
+    """Ack a success; nak a failure until the last delivery; terminate the rest."""
+    if verdict is Settlement.ACK:
+        await msg.ack()
+        return
+    delivered = msg.metadata.num_delivered
+    last = 0 < max_deliver <= delivered
+    if not last and (verdict is Settlement.RETRY or options.nak_unroutable):
+        await msg.nak(delay=min(options.nak_delay * 2 ** (delivered - 1), _MAX_NAK_DELAY))
+        return
+    log.warning(
+        "terminating message %s on %s after %d deliveries: %s",
+        message_id(msg),
+        msg.subject,
+        delivered,
+        describe(verdict, results),
+    )
+    await msg.term()
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import nats.errors
+
+    return (nats.errors.Error,)
+
+
+CONNECTOR: Connector[Options] = Connector(
+    name="nats",
+    summary="NATS JetStream: a durable pull consumer; the subject is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="nats_",
+    client="nats-py",
+    modules=("nats",),
+    run=run,
+    errors=_errors,
+)
+"""The NATS JetStream connector, for ``aioconnector connect nats``."""

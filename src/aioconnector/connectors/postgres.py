@@ -1,0 +1,188 @@
+"""PostgreSQL to OpenFaaS (asyncpg): LISTEN on channels; each NOTIFY invokes functions.
+
+A notification's payload says what to invoke:
+
+- a JSON object with a "topic" key, e.g. {"topic": "orders.created", "body": {...}, "id": 42}:
+  the functions on that topic get "body" (a string as it is, anything else as JSON) with
+  X-Message-Id set to "id" when there is one;
+- any other payload: the channel is the topic and the payload the body, as it is (so
+  `pg_notify('orders', row_to_json(NEW)::text)` works), without X-Message-Id.
+
+A payload that starts with "{" but is not JSON, or an envelope whose "topic" is not a string,
+is settled INVALID: logged and skipped, and the connector goes on.
+
+Delivery guarantees: at most once. LISTEN/NOTIFY has no acknowledgement and no redelivery: a
+notification sent while the connector is down, or while its connection is being re-made, is
+lost; so is one whose invocation failed (after the controller's own retries, see RetryPolicy:
+logged as an error), one no function subscribes to (logged) and one that arrives while all
+max_concurrency invocation slots and the --buffer are full (dropped and logged: NOTIFY cannot be
+slowed down). PostgreSQL also folds identical payloads sent on one channel in one transaction
+into one notification, and limits payloads to 8000 bytes. For at least once, use an outbox
+table: write each event to it in the transaction that makes it happen, NOTIFY only as a wake-up
+call, and have the consumer take rows with SELECT ... FOR UPDATE SKIP LOCKED, invoke, and
+DELETE them once every function answered 2xx (the row id is then a real X-Message-Id).
+
+Ordering: notifications arrive in commit order, but up to max_concurrency are invoked at once.
+A lost connection ends the run with an error (exit status 1). SIGTERM/SIGINT: stop taking
+notifications, finish those in flight (within drain_timeout). Every listener gets every
+notification: run one replica. Needs ``pip install 'aioconnector[postgres]'``:
+
+    gateway_url=http://127.0.0.1:8080 aioconnector connect postgres \\
+        --dsn postgresql://postgres@127.0.0.1:5432/test --channels orders,payments
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
+
+if TYPE_CHECKING:
+    import signal
+    from collections.abc import Sequence
+
+    from anyio.abc import TaskStatus
+
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
+
+__all__ = ["CONNECTOR", "Notification", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.postgres")
+_JSON = {"Content-Type": "application/json"}
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """What to listen to; each field is also a flag (env ``postgres_<field>``)."""
+
+    dsn: str = option("", "libpq connection URL; empty: the PG* variables (PGHOST...)")
+    channels: tuple[str, ...] = option(
+        ("openfaas",), "channels to LISTEN on, comma-separated", also_env=("topics",)
+    )
+    buffer: int = option(1000, "notifications held while every invocation slot is busy")
+
+
+@attrs.frozen
+class Notification:
+    """A notification as received: its channel and payload."""
+
+    channel: str
+    payload: str
+
+
+async def run(
+    controller: AsyncController,
+    options: Options,
+    *,
+    stop: anyio.Event | None = None,
+    stop_signals: Sequence[signal.Signals] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> SourceStats:
+    """Listen and invoke until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once listening. A lost connection ends it with
+    ``ConnectionError`` once the notifications received are settled.
+    """
+    CONNECTOR.require()
+    import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
+
+    send, receive = anyio.create_memory_object_stream[Notification](options.buffer)
+    lost: list[str] = []
+
+    def on_notify(_connection: Any, _pid: int, channel: str, payload: str) -> None:
+        if send.statistics().current_buffer_used >= options.buffer:
+            log.error("buffer full: dropped a notification on %s", channel)
+            return
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            send.send_nowait(Notification(channel, payload))  # unless stopping
+
+    def on_termination(_connection: Any) -> None:
+        lost.append("the connection to PostgreSQL was lost")
+        send.close()  # ends the source: run_source finishes what is in flight
+
+    async with send, receive:
+        connection = await asyncpg.connect(options.dsn or None)
+        try:
+            connection.add_termination_listener(on_termination)
+            for channel in options.channels:
+                await connection.add_listener(channel, on_notify)
+            announce_ready(log, f"channels {', '.join(options.channels)}")
+            task_status.started()
+            stats = await run_source(
+                controller,
+                receive,
+                convert=_convert,
+                settle=_settle,
+                stop=stop,
+                stop_signals=stop_signals,
+            )
+        finally:
+            connection.remove_termination_listener(on_termination)
+            with anyio.CancelScope(shield=True):
+                await connection.close()
+    if lost:
+        raise ConnectionError(lost[0])
+    return stats
+
+
+def _convert(notification: Notification) -> SourceMessage:
+    """An envelope {"topic", "body", "id"} or a plain payload for the channel's topic."""
+    payload = notification.payload
+    if not payload.lstrip().startswith("{"):
+        return SourceMessage(topic=notification.channel, body=payload)
+    document = json.loads(payload)  # a ValueError: settled INVALID
+    if not isinstance(document, dict) or "topic" not in document:
+        return SourceMessage(topic=notification.channel, body=payload, headers=_JSON)
+    topic, body, ident = document["topic"], document.get("body", ""), document.get("id")
+    if not isinstance(topic, str):
+        raise TypeError(f"the envelope's topic must be a string, got {topic!r}")
+    if isinstance(ident, bool) or not isinstance(ident, (str, int, type(None))):
+        raise TypeError(f"the envelope's id must be a string or an integer, got {ident!r}")
+    return SourceMessage(
+        topic=topic,
+        body=body if isinstance(body, str) else json.dumps(body),
+        headers=None if isinstance(body, str) else _JSON,
+        message_id=None if ident is None else str(ident),
+    )
+
+
+async def _settle(
+    notification: Notification, verdict: Settlement, results: Sequence[InvocationResult]
+) -> None:
+    """Nothing to acknowledge: log what was not delivered, since it is lost."""
+    if verdict is Settlement.RETRY:
+        why = describe(verdict, results)
+        log.error("lost a notification on %s: %s", notification.channel, why)
+    elif verdict is not Settlement.ACK:
+        why = describe(verdict, results)
+        log.warning("skipped a notification on %s: %s", notification.channel, why)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+CONNECTOR: Connector[Options] = Connector(
+    name="postgres",
+    summary="PostgreSQL LISTEN/NOTIFY: the payload's topic (or the channel) is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="postgres_",
+    client="asyncpg",
+    modules=("asyncpg",),
+    run=run,
+    errors=_errors,
+)
+"""The PostgreSQL LISTEN/NOTIFY connector, for ``aioconnector connect postgres``."""
