@@ -1,7 +1,8 @@
-"""examples/nats_jetstream.py against a real nats-server, with a FakeGateway on a real socket.
+"""aioconnector.connectors.nats against a real nats-server, with a FakeGateway on a real socket.
 
 Each test uses its own stream (deleted afterwards, consumers with it). The in-process tests
-await the connector's ``run()``; the others run it as a subprocess, kill it or SIGTERM it.
+await the connector's ``run(controller, options)``; the others run ``aioconnector connect nats``
+as a subprocess, kill it or SIGTERM it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import attrs
 import pytest
 
 from aioconnector import ControllerConfig, Settlement, SourceStats
+from aioconnector.connectors import nats as connector
 from aioconnector.testing import FakeGateway
 
 from ._process import (
@@ -36,12 +38,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    import nats_jetstream
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-SCRIPT = "nats_jetstream.py"
+BROKER = "nats"
 
 
 @pytest.fixture
@@ -72,10 +73,8 @@ class Broker:
     def prefix(self) -> str:
         return f"test.{self.tag}."
 
-    def options(self, **changes: Any) -> nats_jetstream.Options:
-        import nats_jetstream
-
-        return nats_jetstream.Options(
+    def options(self, **changes: Any) -> connector.Options:
+        return connector.Options(
             url=self.url,
             stream=self.stream,
             subjects=(f"{self.prefix}>",),
@@ -128,11 +127,9 @@ def config(url: str) -> ControllerConfig:
 
 
 def running(
-    config: ControllerConfig, options: nats_jetstream.Options
+    config: ControllerConfig, options: connector.Options
 ) -> AbstractAsyncContextManager[list[SourceStats]]:
-    import nats_jetstream  # once its client library is known to be there
-
-    return running_in_process(nats_jetstream.run, config, options)
+    return running_in_process(connector.run, config, options)
 
 
 # -- in-process ------------------------------------------------------------------------------
@@ -220,13 +217,13 @@ async def test_no_message_is_lost_when_a_connector_is_killed(
 
     async with gateway.serve() as url:
         env = connector_env(url, "first", max_concurrency="8")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "1.log") as first:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "1.log") as first:
             await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
             first.kill()
             assert await first.wait(timeout=5) < 0
         in_flight_at_kill = function.in_flight()
         env = connector_env(url, "second", max_concurrency="8")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "2.log") as second:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "2.log") as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)
             second.terminate()
@@ -251,8 +248,8 @@ async def test_two_connectors_share_a_durable_consumer(
         env_left = connector_env(url, "left", max_concurrency="16")
         env_right = connector_env(url, "right", max_concurrency="16")
         async with (
-            connector_process(SCRIPT, args, env=env_left, log=tmp_path / "l.log") as left,
-            connector_process(SCRIPT, args, env=env_right, log=tmp_path / "r.log") as right,
+            connector_process(BROKER, args, env=env_left, log=tmp_path / "l.log") as left,
+            connector_process(BROKER, args, env=env_right, log=tmp_path / "r.log") as right,
         ):
             await left.wait_ready()
             await right.wait_ready()
@@ -316,7 +313,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
     async with gateway.serve() as url:
         env = connector_env(url, "first", max_concurrency="8", drain_timeout=drain)
         async with connector_process(
-            SCRIPT, broker.args(), env=env, log=tmp_path / "1.log"
+            BROKER, broker.args(), env=env, log=tmp_path / "1.log"
         ) as first:
             await wait_until(lambda: len(function.in_flight()) == 8, within=15)  # all busy
             in_flight = function.in_flight()
@@ -330,7 +327,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
         gate.set()  # when cut short, only now
         env = connector_env(url, "second", max_concurrency="8")
         async with connector_process(
-            SCRIPT, broker.args(), env=env, log=tmp_path / "2.log"
+            BROKER, broker.args(), env=env, log=tmp_path / "2.log"
         ) as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)
