@@ -7,6 +7,7 @@ started and finished.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -16,7 +17,7 @@ import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import attrs
@@ -34,6 +35,17 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 # The child imports the same aioconnector as this process, installed or from src/.
 PACKAGE_ROOT = str(Path(aioconnector.__file__).resolve().parents[1])
+
+
+def load_example(name: str) -> Any:
+    """Import ``examples/<name>.py`` as the top-level module ``name`` (as mypy sees it)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @final

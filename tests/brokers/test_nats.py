@@ -28,6 +28,7 @@ from ._process import (
     broker_config,
     connector_env,
     connector_process,
+    load_example,
     message_ids,
     running_in_process,
     wait_until,
@@ -201,6 +202,31 @@ async def test_a_poison_message_is_terminated_after_max_deliver(broker: Broker) 
     assert message_ids(gateway) == {poison: 3, good: 1}
     assert stats[0].settled[Settlement.RETRY] == 3  # the third one was terminated
     assert stats[0].settled[Settlement.ACK] == 1
+
+
+async def test_the_embedding_example_consumes_into_its_own_controller(broker: Broker) -> None:
+    """examples/embed_nats.py: the packaged connector on a controller the program owns."""
+    example = load_example("embed_nats")
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    gateway.add_function("audit", topics=["orders"])
+    ids = {await broker.publish("orders", b"%d" % n) for n in range(5)}
+    stop = anyio.Event()
+    outcome: list[tuple[SourceStats, Counter[str]]] = []
+
+    async def consume(url: str) -> None:
+        outcome.append(await example.run(config(url), broker.options(), stop=stop))
+
+    async with gateway.serve() as url, anyio.create_task_group() as tg:
+        tg.start_soon(consume, url)
+        await wait_until(lambda: len(gateway.invocations()) >= 10, within=15)
+        await wait_until(broker.settled, within=10)
+        stop.set()
+
+    [(stats, counts)] = outcome
+    assert set(message_ids(gateway)) == ids
+    assert stats.settled[Settlement.ACK] == 5
+    assert counts == Counter({"orders.openfaas-fn": 5, "audit.openfaas-fn": 5})
 
 
 # -- subprocesses ----------------------------------------------------------------------------
