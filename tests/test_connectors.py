@@ -21,7 +21,13 @@ import aioconnector
 from aioconnector import ControllerConfig, MissingExtraError
 from aioconnector._cli import _parser, main
 from aioconnector.connectors import CONNECTORS, Connector, mqtt, nats, postgres, rabbitmq, redis
-from aioconnector.connectors._settings import CONTROLLER_VARIABLES, LOG_LEVEL_VARIABLE, env_names
+from aioconnector.connectors._settings import (
+    CONTROLLER_VARIABLES,
+    LOG_LEVEL_VARIABLE,
+    common_rows,
+    env_names,
+    option_rows,
+)
 from aioconnector.testing import FakeGateway
 
 BROKERS = sorted(CONNECTORS)
@@ -337,3 +343,24 @@ def test_python_m_aioconnector_connect_help() -> None:
     assert completed.stdout.startswith("usage: ")
     assert "aioconnector connect postgres" in completed.stdout
     assert "(env postgres_dsn;" in completed.stdout
+
+
+# -- docs/connectors.md: one table per connector, from the code --------------------------------
+
+
+def _table(rows: list[tuple[str, tuple[str, ...], str, str]]) -> str:
+    lines = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for flag, variables, default, meaning in rows:
+        names = " or ".join(f"`{name}`" for name in variables)
+        shown = f"`{default}`" if default else "—"
+        lines.append(f"| `{flag}` | {names} | {shown} | {meaning.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
+
+
+def test_the_docs_have_the_table_of_every_connector() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "connectors.md").read_text("utf-8")
+    for name, connector in CONNECTORS.items():
+        section = docs.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
+        expected = _table(option_rows(connector.options, connector.env_prefix))
+        assert expected in section, f"docs/connectors.md: the {name} table is not the code's"
+    assert _table(common_rows()) in docs

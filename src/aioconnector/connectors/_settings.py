@@ -30,10 +30,12 @@ __all__ = [
     "add_controller_flags",
     "add_log_level_flag",
     "add_option_flags",
+    "common_rows",
     "controller_config",
     "env_names",
     "log_level",
     "option",
+    "option_rows",
     "options_from",
 ]
 
@@ -201,6 +203,16 @@ def add_option_flags(
         )
 
 
+def option_rows(
+    cls: type[attrs.AttrsInstance], prefix: str
+) -> list[tuple[str, tuple[str, ...], str, str]]:
+    """(flag, variables, default, meaning) of each option, for the documentation."""
+    return [
+        (_flag(f.name), env_names(cls, prefix, f.name), _shown(f.default), f.metadata[_HELP])
+        for f in _option_fields(cls)
+    ]
+
+
 def options_from(
     cls: type[OptionsT], prefix: str, flags: Mapping[str, object], environ: Mapping[str, str]
 ) -> OptionsT:
@@ -285,6 +297,13 @@ CONTROLLER_VARIABLES: Final = (
     _Variable("client_key", "its private key (PEM), when not in client_cert"),
 )
 """Every variable ``ControllerConfig.from_env`` reads, in the order ``--help`` shows them."""
+
+
+def common_rows() -> list[tuple[str, tuple[str, ...], str, str]]:
+    """(flag, variables, default, meaning) of each setting every connector has (the gateway's
+    and the log level), for the documentation."""
+    rows = [(v.flag, (v.name,), v.default, v.help) for v in CONTROLLER_VARIABLES]
+    return [*rows, ("--log-level", (LOG_LEVEL_VARIABLE,), "INFO", ", ".join(LOG_LEVELS))]
 
 
 def add_controller_flags(group: argparse._ActionsContainer) -> None:

@@ -27,9 +27,8 @@ own retries, see RetryPolicy), whose topic no function subscribes to, or that ca
 is acknowledged and logged, never redelivered nor dead-lettered. Retained messages are
 delivered again on every (re)subscription. Ordering: none across the max_concurrency messages
 in flight. SIGTERM/SIGINT: stop taking messages, finish those in flight (within drain_timeout),
-disconnect. One replica per --client-id (in Kubernetes: replicas 1, strategy Recreate); to
-spread the work, subscribe each replica to a shared subscription ('$share/<group>/<filter>')
-without a client id. Needs ``pip install 'aioconnector[mqtt]'``:
+disconnect. One replica per --client-id (in Kubernetes: replicas 1, strategy Recreate).
+Needs ``pip install 'aioconnector[mqtt]'``:
 
     gateway_url=http://127.0.0.1:8080 aioconnector connect mqtt --topics 'sensors/#' \\
         --client-id openfaas-connector
@@ -73,7 +72,7 @@ class Options:
     host: str = option("127.0.0.1", "MQTT broker host")
     port: int = option(1883, "MQTT broker port")
     topics: tuple[str, ...] = option(("#",), "topic filters, comma-separated", also_env=("topics",))
-    client_id: str = option("", "persistent session id: acks after settling (see above)")
+    client_id: str = option("", "persistent session id: acks after settling, at least once")
     username: str = option("", "user name, if the broker wants one")
     password: str = option("", "password (prefer the variable mqtt_password)")
 
