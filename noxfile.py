@@ -29,15 +29,15 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     """mypy --strict over src, tests and examples."""
     _install_groups(session, "typing")
-    session.install("-e", ".")
+    session.install("-e", ".[all]")  # the broker clients' types, for the connectors
     session.run("mypy")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite on asyncio and trio, with branch coverage enforced."""
-    _install_groups(session, "test", "examples", "brokers")
-    session.install("-e", ".")
+    _install_groups(session, "test", "examples")
+    session.install("-e", ".[all]")  # every connector's broker client, for tests/brokers
     session.run("coverage", "erase")
     # Two workers (pytest-xdist): `nox -s tests -- -n 0` runs in one process, e.g. to debug.
     session.run("coverage", "run", "-m", "pytest", "-n", "2", *session.posargs)

@@ -27,11 +27,11 @@ import httpx
 import pytest
 
 import aioconnector
-from aioconnector import ControllerConfig
+from aioconnector import ControllerConfig, Settlement
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-# Every runnable example, broker connectors included (their clients: the `brokers` group).
+# Every runnable example (embed_nats.py runs against a real NATS in tests/brokers/test_nats.py).
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 
@@ -49,11 +49,12 @@ def _load(name: str) -> ModuleType:
 if TYPE_CHECKING:  # mypy checks examples/ too: each file there is a top-level module
     import aiohttp_webhook
     import fastapi_webhook
+    import jsonl_source
     import tester
     import trio_connector
 else:
-    aiohttp_webhook, fastapi_webhook, tester, trio_connector = map(
-        _load, ["aiohttp_webhook", "fastapi_webhook", "tester", "trio_connector"]
+    aiohttp_webhook, fastapi_webhook, jsonl_source, tester, trio_connector = map(
+        _load, ["aiohttp_webhook", "fastapi_webhook", "jsonl_source", "tester", "trio_connector"]
     )
 
 
@@ -151,6 +152,43 @@ async def test_tester_reports_a_topic_nobody_subscribes_to(
     assert sent == 2
     assert gw.invocations() == []
     assert capsys.readouterr().out.count("no function subscribes to this topic") == 2
+
+
+# -- jsonl_source.py: a connector of your own on run_source ---------------------------------
+
+
+async def test_jsonl_source_settles_every_line(tmp_path: Path) -> None:
+    gw = FakeGateway()
+    gw.add_function("orders", topics=["orders"])
+    gw.add_function("audit", topics=["orders"])
+    gw.add_function("broken", topics=["payments"], handler=FakeResponse(status=500))
+    lines = [
+        {"topic": "orders", "body": {"n": 1}, "id": "o-1"},
+        {"topic": "orders", "body": "plain", "id": 2},
+        {"topic": "payments", "body": "pay", "id": "p-1"},
+        {"topic": "nobody", "body": "x"},
+    ]
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join([*map(json.dumps, lines), "", "not json"]) + "\n")
+    async with gw.serve() as url:
+        with anyio.fail_after(10):
+            verdicts = await jsonl_source.run(example_config(url), str(events))
+
+    assert verdicts == Counter(
+        {Settlement.ACK: 2, Settlement.RETRY: 1, Settlement.UNMATCHED: 1, Settlement.INVALID: 1}
+    )
+    assert sorted(message_ids(gw.invocations("orders"))) == ["2", "o-1"]
+    assert sorted(message_ids(gw.invocations("audit"))) == ["2", "o-1"]
+    bodies = {r.headers["x-message-id"]: r.body for r in gw.invocations("orders")}
+    assert json.loads(bodies["o-1"]) == {"n": 1}
+    assert bodies["2"] == b"plain"
+    dead = [json.loads(line) for line in (tmp_path / "events.jsonl.dead").read_text().splitlines()]
+    # Settled concurrently: in no particular order.
+    assert sorted((d["verdict"], d["failed"]) for d in dead) == [
+        ("invalid", []),
+        ("retry", ["broken.openfaas-fn"]),
+        ("unmatched", []),
+    ]
 
 
 # -- the webhooks: one contract, two frameworks -----------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import inspect
 
 import aioconnector
+import aioconnector.connectors
 import aioconnector.testing
 
 
@@ -17,7 +18,7 @@ def _public_names(module: object) -> set[str]:
 
 
 def test_all_is_sorted_and_complete() -> None:
-    for module in (aioconnector, aioconnector.testing):
+    for module in (aioconnector, aioconnector.testing, aioconnector.connectors):
         assert list(module.__all__) == sorted(module.__all__), module.__name__
         assert _public_names(module) <= set(module.__all__), module.__name__
         for name in module.__all__:

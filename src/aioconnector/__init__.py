@@ -15,6 +15,7 @@ from ._errors import DiscoveryError as DiscoveryError
 from ._errors import GatewayUnavailableError as GatewayUnavailableError
 from ._errors import InvocationCancelledError as InvocationCancelledError
 from ._errors import InvocationError as InvocationError
+from ._errors import MissingExtraError as MissingExtraError
 from ._errors import NotAGatewayError as NotAGatewayError
 from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import UpstreamConnectionError as UpstreamConnectionError
@@ -50,6 +51,7 @@ __all__ = [
     "InvocationCancelledError",
     "InvocationError",
     "InvocationResult",
+    "MissingExtraError",
     "NotAGatewayError",
     "ResponseTooLargeError",
     "ResultStream",

@@ -1,4 +1,5 @@
-"""The command line: ``aioconnector demo|tester|topics|invoke``, also ``python -m aioconnector``."""
+"""The command line: ``aioconnector demo|tester|topics|invoke|connect``, also ``python -m
+aioconnector``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -14,7 +16,7 @@ import time
 from contextlib import AsyncExitStack, ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -31,6 +33,13 @@ from aioconnector import (
     __version__,
 )
 from aioconnector._config import parse_duration
+from aioconnector.connectors import CONNECTORS
+from aioconnector.connectors._base import SHUTDOWN_SIGNALS
+from aioconnector.connectors._settings import (
+    add_controller_flags,
+    add_log_level_flag,
+    add_option_flags,
+)
 from aioconnector.testing import FakeGateway, FakeResponse
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -41,7 +50,8 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
-    from aioconnector import InvocationResult, ResultStream
+    from aioconnector import InvocationResult, ResultStream, SourceStats
+    from aioconnector.connectors import Connector
     from aioconnector.testing import Handler, RecordedRequest
 
     Command = Callable[[argparse.Namespace, ControllerConfig, "_Interrupts"], Awaitable[int]]
@@ -67,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     0: done; 1: an error (one line on stderr) or, for ``invoke``/``tester``, a failed invocation;
     2: a usage error, or ``invoke``/``tester`` matched no function; 130: stopped by Ctrl-C
     (SIGINT), 143: stopped by SIGTERM (``demo`` and ``tester`` print their summary first).
+    ``connect`` stops gracefully on SIGTERM or SIGINT, with 0.
     """
     args = _parser().parse_args(argv)
+    if args.command == "connect":
+        return _connect(CONNECTORS[args.broker], args)
     if (args.username is None) != (args.password_file is None):
         args.subparser.error("--username and --password-file go together")  # exits 2
     try:
@@ -149,7 +162,27 @@ def _parser() -> argparse.ArgumentParser:
         "--header", type=_header, action="append", metavar="'NAME: VALUE'", help="repeatable"
     )
     invoke.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_connect(sub)
     return parser
+
+
+def _add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "Run a packaged broker connector until SIGTERM (see connect BROKER --help)."
+    connect = sub.add_parser("connect", help=text, description=text)
+    brokers = connect.add_subparsers(dest="broker", required=True, metavar="BROKER")
+    for name, connector in sorted(CONNECTORS.items()):
+        parser = brokers.add_parser(
+            name,
+            help=connector.summary,
+            description=connector.description,
+            epilog="Each flag wins over its variable. Installed with "
+            f"{connector.install}; reference: docs/connectors.md.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        group = parser.add_argument_group(f"{name} options")
+        add_option_flags(group, connector.options, connector.env_prefix)
+        add_controller_flags(parser.add_argument_group("gateway options (OpenFaaS variables)"))
+        add_log_level_flag(parser.add_argument_group("logging"))
 
 
 def _count(text: str) -> int:
@@ -442,6 +475,49 @@ async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interr
     if not results:
         return _UNMATCHED
     return 0 if all(result.ok for result in results) else 1
+
+
+# -- connect: a packaged connector as a process ----------------------------------------------
+
+_log = logging.getLogger("aioconnector.connect")
+
+
+def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
+    """Run ``connector`` on asyncio (the broker clients are asyncio-only) until a stop signal."""
+    try:
+        connector.require()
+        settings = connector.settings(vars(args), os.environ)
+    except (ConnectorError, ValueError, OSError) as exc:  # OSError: a basic-auth secret missing
+        _err(f"error: {exc}")
+        return 1
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.log_level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per invocation
+    reported: tuple[type[BaseException], ...] = (*_REPORTED, *connector.errors())
+    try:
+        stats = anyio.run(_consume, connector, settings.config, settings.options, backend="asyncio")
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):  # before the signal handlers were in place
+            return _INTERRUPTED
+        if not isinstance(leaf, reported):
+            raise
+        _err(f"error: {type(leaf).__name__}: {leaf}")
+        return 1
+    settled = ", ".join(f"{kind.value} {count}" for kind, count in stats.settled.items())
+    _log.info("stopped: received %d (%s), unsettled %d", stats.received, settled, stats.unsettled)
+    return 0
+
+
+async def _consume(
+    connector: Connector[Any], config: ControllerConfig, options: object
+) -> SourceStats:
+    async with _controller(config) as controller:
+        return await connector.run(controller, options, stop_signals=SHUTDOWN_SIGNALS)
 
 
 # -- printing -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
     ConnectorError
      ├── ControllerStateError (also RuntimeError)   controller not entered, closing, or reused
+     ├── MissingExtraError (also ImportError)       a connector's broker client is not installed
      ├── DiscoveryError                             a /system/* lookup failed
      │    ├── AuthenticationError                   the gateway answered 401/403: fix credentials
      │    ├── NotAGatewayError                      /system/functions answered 404: wrong URL
@@ -35,6 +36,7 @@ __all__ = [
     "GatewayUnavailableError",
     "InvocationCancelledError",
     "InvocationError",
+    "MissingExtraError",
     "NotAGatewayError",
     "ResponseTooLargeError",
     "UpstreamConnectionError",
@@ -49,6 +51,11 @@ class ConnectorError(Exception):
 
 class ControllerStateError(ConnectorError, RuntimeError):
     """The controller is not running: not entered yet, shutting down, closed, or entered twice."""
+
+
+class MissingExtraError(ConnectorError, ImportError):
+    """A packaged connector's broker client is not installed. The message is one line that
+    names the ``pip install 'aioconnector[<extra>]'`` to run."""
 
 
 class DiscoveryError(ConnectorError):

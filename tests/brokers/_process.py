@@ -1,12 +1,13 @@
-"""Broker connector examples, run as real subprocesses (and importable in-process) by the tests.
+"""The packaged connectors, run as ``python -m aioconnector connect <broker>`` subprocesses or
+in-process through their library API (``run(controller, options)``) by the tests.
 
-Importing this module puts ``examples/`` first on ``sys.path``, so a test can also import a
-connector (``import nats_jetstream``) and await its ``run()`` in-process. Also here: polling with
-a deadline, and a slow fake function that records when each call started and finished.
+Also here: polling with a deadline, and a slow fake function that records when each call
+started and finished.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -16,12 +17,14 @@ import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import anyio
 import attrs
 
-from aioconnector import ControllerConfig, RetryPolicy, SourceStats
+import aioconnector
+from aioconnector import AsyncController, ControllerConfig, RetryPolicy, SourceStats
+from aioconnector.connectors._base import READY_MARKER
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 if TYPE_CHECKING:
@@ -30,11 +33,19 @@ if TYPE_CHECKING:
     from anyio.abc import Process
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
+# The child imports the same aioconnector as this process, installed or from src/.
+PACKAGE_ROOT = str(Path(aioconnector.__file__).resolve().parents[1])
 
-READY_MARKER = "ready:"  # what _connector_cli.announce_ready logs
+
+def load_example(name: str) -> Any:
+    """Import ``examples/<name>.py`` as the top-level module ``name`` (as mypy sees it)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @final
@@ -77,17 +88,18 @@ class ConnectorProcess:
 
 @asynccontextmanager
 async def connector_process(
-    script: str, args: Sequence[str], *, env: Mapping[str, str], log: Path
+    broker: str, args: Sequence[str], *, env: Mapping[str, str], log: Path
 ) -> AsyncIterator[ConnectorProcess]:
-    """Run ``examples/<script> <args>`` with only ``env`` (plus PATH and PYTHONPATH=src).
+    """Run ``python -m aioconnector connect <broker> <args>`` with only ``env`` (plus PATH, and
+    PYTHONPATH for the aioconnector this process imports).
 
-    Leaving kills it if it is still running, and reaps it.
+    Leaving kills it (by its pid) if it is still running, and reaps it.
     """
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": pythonpath, **env}
     with log.open("wb") as output:  # the child keeps its own copy of the descriptor
         process = await anyio.open_process(
-            [sys.executable, str(EXAMPLES / script), *args],
+            [sys.executable, "-m", "aioconnector", "connect", broker, *args],
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -175,13 +187,14 @@ def broker_config(url: str) -> ControllerConfig:
 async def running_in_process(
     run: Callable[..., Awaitable[SourceStats]], config: ControllerConfig, options: object
 ) -> AsyncIterator[list[SourceStats]]:
-    """Run a connector's ``run(config, options, stop=...)`` during the block, then stop it;
-    its stats are appended to the yielded list."""
+    """Run a connector's ``run(controller, options, stop=...)`` on a controller of ``config``
+    during the block, then stop it; its stats are appended to the yielded list."""
     stop = anyio.Event()
     stats: list[SourceStats] = []
 
     async def consume() -> None:
-        stats.append(await run(config, options, stop=stop))
+        async with AsyncController(config) as controller:
+            stats.append(await run(controller, options, stop=stop))
 
     async with anyio.create_task_group() as group:
         group.start_soon(consume)

@@ -30,8 +30,8 @@ def require_service(name: str) -> int:
 
 
 def require_module(name: str) -> None:
-    """Skip when a broker client library is not installed (the `brokers` dependency group)."""
-    pytest.importorskip(name, reason=f"{name} is not installed: install the 'brokers' group")
+    """Skip when a broker client library is not installed (``pip install 'aioconnector[all]'``)."""
+    pytest.importorskip(name, reason=f"{name} is not installed: pip install 'aioconnector[all]'")
 
 
 @pytest.fixture(params=[pytest.param(("asyncio", {"debug": True}), id="asyncio")])

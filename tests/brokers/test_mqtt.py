@@ -1,7 +1,8 @@
-"""examples/mqtt.py against the real Mosquitto on 127.0.0.1:1883 and a FakeGateway on a socket.
+"""aioconnector.connectors.mqtt against the real Mosquitto on 127.0.0.1:1883 and a FakeGateway.
 
-The connector runs in-process (its ``run`` coroutine, stopped with an event). Every test
-publishes under its own topic prefix (a uuid).
+The connector runs in-process (its ``run(controller, options)``, stopped with an event), or as
+an ``aioconnector connect mqtt`` subprocess. Every test publishes under its own topic prefix
+(a uuid).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,16 +18,17 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
-from ._process import wait_until
+from ._process import connector_env, connector_process, wait_until
 from .conftest import require_module, require_service
 
-require_module("aiomqtt")  # the example imports it: without it, every test here skips
+require_module("aiomqtt")  # the tests publish with it: without it, every test here skips
 
 import aiomqtt  # noqa: E402
-import mqtt  # noqa: E402  (examples/mqtt.py: _process put examples/ on sys.path)
+
+from aioconnector.connectors import mqtt  # noqa: E402
 
 
 @pytest.fixture
@@ -59,7 +62,8 @@ async def running(
     )
 
     async def target(*, task_status: TaskStatus[None]) -> None:
-        run.stats = await mqtt.run(config, options, stop=run.stop, task_status=task_status)
+        async with AsyncController(config) as controller:
+            run.stats = await mqtt.run(controller, options, stop=run.stop, task_status=task_status)
 
     async with anyio.create_task_group() as tg:
         await tg.start(target)
@@ -153,3 +157,38 @@ async def test_persistent_session_redelivers_what_was_not_settled(
     assert first.stats.unsettled >= 4
     assert cut_short <= second  # invoked, not acked, so redelivered
     assert second == {mqtt.message_id(t, p.encode()) for t, p in [*sent, (topic, "while-down")]}
+
+
+async def test_connect_command_consumes_and_stops_on_sigterm(
+    gateway: FakeGateway, port: int, prefix: str, tmp_path: Path
+) -> None:
+    """``aioconnector connect mqtt`` configured as in a Deployment: the OpenFaaS variable
+    ``topics``, the broker's own ``mqtt_port``, and a flag that wins over its variable."""
+    topic = f"{prefix}/orders"
+    gateway.add_function("orders", topics=[topic])
+    env = connector_env(
+        gateway.url,
+        "cli",
+        mqtt_port=str(port),
+        topics=f"{prefix}/ignored/#",  # the flag below wins
+        mqtt_client_id=f"aioconnector-{uuid.uuid4().hex[:12]}",
+    )
+    args = ["--topics", f"{prefix}/#", "--no-auth-invocations"]
+    sent = [(topic, f"order-{n}") for n in range(10)]
+    try:
+        async with connector_process("mqtt", args, env=env, log=tmp_path / "mqtt.log") as process:
+            await process.wait_ready()
+            await publish(port, sent)
+            await wait_until(lambda: len(gateway.invocations()) == len(sent))
+            process.terminate()
+            assert await process.wait(timeout=15) == 0, process.output()
+    finally:
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier=env["mqtt_client_id"], clean_session=True
+        ):
+            pass  # ends the broker's session for that id
+    assert sorted(r.body.decode() for r in gateway.invocations("orders")) == sorted(
+        payload for _, payload in sent
+    )
+    assert {r.headers["x-connector"] for r in gateway.invocations()} == {"cli"}
+    assert "stopped: received 10 (ack 10," in process.output()

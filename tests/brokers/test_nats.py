@@ -1,7 +1,8 @@
-"""examples/nats_jetstream.py against a real nats-server, with a FakeGateway on a real socket.
+"""aioconnector.connectors.nats against a real nats-server, with a FakeGateway on a real socket.
 
 Each test uses its own stream (deleted afterwards, consumers with it). The in-process tests
-await the connector's ``run()``; the others run it as a subprocess, kill it or SIGTERM it.
+await the connector's ``run(controller, options)``; the others run ``aioconnector connect nats``
+as a subprocess, kill it or SIGTERM it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import attrs
 import pytest
 
 from aioconnector import ControllerConfig, Settlement, SourceStats
+from aioconnector.connectors import nats as connector
 from aioconnector.testing import FakeGateway
 
 from ._process import (
@@ -26,6 +28,7 @@ from ._process import (
     broker_config,
     connector_env,
     connector_process,
+    load_example,
     message_ids,
     running_in_process,
     wait_until,
@@ -36,12 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    import nats_jetstream
     from nats.aio.client import Client
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-SCRIPT = "nats_jetstream.py"
+BROKER = "nats"
 
 
 @pytest.fixture
@@ -72,10 +74,8 @@ class Broker:
     def prefix(self) -> str:
         return f"test.{self.tag}."
 
-    def options(self, **changes: Any) -> nats_jetstream.Options:
-        import nats_jetstream
-
-        return nats_jetstream.Options(
+    def options(self, **changes: Any) -> connector.Options:
+        return connector.Options(
             url=self.url,
             stream=self.stream,
             subjects=(f"{self.prefix}>",),
@@ -128,11 +128,9 @@ def config(url: str) -> ControllerConfig:
 
 
 def running(
-    config: ControllerConfig, options: nats_jetstream.Options
+    config: ControllerConfig, options: connector.Options
 ) -> AbstractAsyncContextManager[list[SourceStats]]:
-    import nats_jetstream  # once its client library is known to be there
-
-    return running_in_process(nats_jetstream.run, config, options)
+    return running_in_process(connector.run, config, options)
 
 
 # -- in-process ------------------------------------------------------------------------------
@@ -206,6 +204,31 @@ async def test_a_poison_message_is_terminated_after_max_deliver(broker: Broker) 
     assert stats[0].settled[Settlement.ACK] == 1
 
 
+async def test_the_embedding_example_consumes_into_its_own_controller(broker: Broker) -> None:
+    """examples/embed_nats.py: the packaged connector on a controller the program owns."""
+    example = load_example("embed_nats")
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    gateway.add_function("audit", topics=["orders"])
+    ids = {await broker.publish("orders", b"%d" % n) for n in range(5)}
+    stop = anyio.Event()
+    outcome: list[tuple[SourceStats, Counter[str]]] = []
+
+    async def consume(url: str) -> None:
+        outcome.append(await example.run(config(url), broker.options(), stop=stop))
+
+    async with gateway.serve() as url, anyio.create_task_group() as tg:
+        tg.start_soon(consume, url)
+        await wait_until(lambda: len(gateway.invocations()) >= 10, within=15)
+        await wait_until(broker.settled, within=10)
+        stop.set()
+
+    [(stats, counts)] = outcome
+    assert set(message_ids(gateway)) == ids
+    assert stats.settled[Settlement.ACK] == 5
+    assert counts == Counter({"orders.openfaas-fn": 5, "audit.openfaas-fn": 5})
+
+
 # -- subprocesses ----------------------------------------------------------------------------
 
 
@@ -220,13 +243,13 @@ async def test_no_message_is_lost_when_a_connector_is_killed(
 
     async with gateway.serve() as url:
         env = connector_env(url, "first", max_concurrency="8")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "1.log") as first:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "1.log") as first:
             await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
             first.kill()
             assert await first.wait(timeout=5) < 0
         in_flight_at_kill = function.in_flight()
         env = connector_env(url, "second", max_concurrency="8")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "2.log") as second:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "2.log") as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)
             second.terminate()
@@ -251,8 +274,8 @@ async def test_two_connectors_share_a_durable_consumer(
         env_left = connector_env(url, "left", max_concurrency="16")
         env_right = connector_env(url, "right", max_concurrency="16")
         async with (
-            connector_process(SCRIPT, args, env=env_left, log=tmp_path / "l.log") as left,
-            connector_process(SCRIPT, args, env=env_right, log=tmp_path / "r.log") as right,
+            connector_process(BROKER, args, env=env_left, log=tmp_path / "l.log") as left,
+            connector_process(BROKER, args, env=env_right, log=tmp_path / "r.log") as right,
         ):
             await left.wait_ready()
             await right.wait_ready()
@@ -316,7 +339,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
     async with gateway.serve() as url:
         env = connector_env(url, "first", max_concurrency="8", drain_timeout=drain)
         async with connector_process(
-            SCRIPT, broker.args(), env=env, log=tmp_path / "1.log"
+            BROKER, broker.args(), env=env, log=tmp_path / "1.log"
         ) as first:
             await wait_until(lambda: len(function.in_flight()) == 8, within=15)  # all busy
             in_flight = function.in_flight()
@@ -330,7 +353,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
         gate.set()  # when cut short, only now
         env = connector_env(url, "second", max_concurrency="8")
         async with connector_process(
-            SCRIPT, broker.args(), env=env, log=tmp_path / "2.log"
+            BROKER, broker.args(), env=env, log=tmp_path / "2.log"
         ) as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)

@@ -1,6 +1,7 @@
-"""examples/postgres_notify.py against the real PostgreSQL on 127.0.0.1:5432 (database `test`).
+"""aioconnector.connectors.postgres against the real PostgreSQL on 127.0.0.1:5432 (database `test`).
 
-The connector runs in-process (its ``run`` coroutine, stopped with an event) and the tests
+The connector runs in-process (its ``run(controller, options)``, stopped with an event) or as an
+``aioconnector connect postgres`` subprocess, and the tests
 NOTIFY with ``SELECT pg_notify(channel, payload)`` on channels of their own (uuid names).
 """
 
@@ -10,22 +11,24 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway
 
-from ._process import wait_until
+from ._process import connector_env, connector_process, wait_until
 from .conftest import require_module, require_service
 
-require_module("asyncpg")  # the example imports it: without it, every test here skips
+require_module("asyncpg")  # the tests notify with it: without it, every test here skips
 
 import asyncpg  # type: ignore[import-untyped]  # noqa: E402
-import postgres_notify  # noqa: E402  (examples/postgres_notify.py, on sys.path thanks to _process)
+
+from aioconnector.connectors import postgres  # noqa: E402
 
 
 @pytest.fixture
@@ -51,15 +54,16 @@ class Run:
 async def running(gateway: FakeGateway, dsn: str, channels: tuple[str, ...]) -> AsyncIterator[Run]:
     """Run the connector until the block ends; its stats are set once it has returned."""
     run = Run(anyio.Event())
-    options = postgres_notify.Options(dsn=dsn, channels=channels)
+    options = postgres.Options(dsn=dsn, channels=channels)
     config = ControllerConfig.from_env(
         {"gateway_url": gateway.url, "startup_timeout": "5s"}, retry=RetryPolicy.disabled()
     )
 
     async def target(*, task_status: TaskStatus[None]) -> None:
-        run.stats = await postgres_notify.run(
-            config, options, stop=run.stop, task_status=task_status
-        )
+        async with AsyncController(config) as controller:
+            run.stats = await postgres.run(
+                controller, options, stop=run.stop, task_status=task_status
+            )
 
     async with anyio.create_task_group() as tg:
         await tg.start(target)
@@ -173,3 +177,25 @@ async def test_a_lost_connection_ends_the_run_with_an_error(
                 await anyio.sleep_forever()  # until the connector fails
     finally:
         await connection.close()
+
+
+async def test_connect_command_listens_and_stops_on_sigterm(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str], tmp_path: Path
+) -> None:
+    """``aioconnector connect postgres`` configured by variables alone, as in a Deployment."""
+    orders, payments = channels
+    gateway.add_function("orders", topics=[orders])
+    gateway.add_function("payments", topics=["payments.settled"])
+    env = connector_env(
+        gateway.url, "cli", postgres_dsn=dsn, postgres_channels=f"{orders},{payments}"
+    )
+    async with connector_process("postgres", [], env=env, log=tmp_path / "pg.log") as process:
+        await process.wait_ready()
+        await notify(dsn, [(orders, "plain"), (payments, envelope("payments.settled", "p", 7))])
+        await wait_until(lambda: len(gateway.invocations()) == 2)
+        process.terminate()
+        assert await process.wait(timeout=15) == 0, process.output()
+    assert [r.body for r in gateway.invocations("orders")] == [b"plain"]
+    [payment] = gateway.invocations("payments")
+    assert (payment.body, payment.headers["x-message-id"]) == (b"p", "7")
+    assert "stopped: received 2 (ack 2," in process.output()

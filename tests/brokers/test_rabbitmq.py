@@ -1,7 +1,8 @@
-"""examples/rabbitmq.py against the real RabbitMQ on 127.0.0.1:5672 and a FakeGateway on a socket.
+"""aioconnector.connectors.rabbitmq against the real RabbitMQ on 127.0.0.1:5672 and a FakeGateway.
 
-The connector runs in-process (its ``run`` coroutine, stopped with an event), or as two
-subprocesses to show it scales out (and stops on SIGTERM). Every test
+The connector runs in-process (its ``run(controller, options)``, stopped with an event), or as
+two ``aioconnector connect rabbitmq`` subprocesses configured by environment variables alone,
+to show it scales out (and stops on SIGTERM). Every test
 uses its own exchange and queues (uuid names) and deletes them afterwards.
 """
 
@@ -19,16 +20,17 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 from ._process import connector_process, wait_until
 from .conftest import require_module, require_service
 
-require_module("aio_pika")  # the example imports it: without it, every test here skips
+require_module("aio_pika")  # the tests publish with it: without it, every test here skips
 
 import aio_pika  # noqa: E402
-import rabbitmq  # noqa: E402  (examples/rabbitmq.py: _process put examples/ on sys.path)
+
+from aioconnector.connectors import rabbitmq  # noqa: E402
 
 
 @attrs.frozen
@@ -91,9 +93,10 @@ async def running(
     )
 
     async def target(*, task_status: TaskStatus[None]) -> None:
-        run.stats = await rabbitmq.run(
-            config(gateway, **settings), options, stop=run.stop, task_status=task_status
-        )
+        async with AsyncController(config(gateway, **settings)) as controller:
+            run.stats = await rabbitmq.run(
+                controller, options, stop=run.stop, task_status=task_status
+            )
 
     async with anyio.create_task_group() as tg:
         await tg.start(target)
@@ -280,10 +283,10 @@ async def test_two_processes_share_the_queue(
     }
     async with (
         connector_process(
-            "rabbitmq.py", [], env={**env, "connector_name": "one"}, log=tmp_path / "one.log"
+            "rabbitmq", [], env={**env, "connector_name": "one"}, log=tmp_path / "one.log"
         ) as one,
         connector_process(
-            "rabbitmq.py", [], env={**env, "connector_name": "two"}, log=tmp_path / "two.log"
+            "rabbitmq", [], env={**env, "connector_name": "two"}, log=tmp_path / "two.log"
         ) as two,
     ):
         await one.wait_ready()

@@ -1,7 +1,8 @@
-"""examples/redis_streams.py against a real Redis, with a FakeGateway on a real socket.
+"""aioconnector.connectors.redis against a real Redis, with a FakeGateway on a real socket.
 
 Each test uses its own keys ``test:<tag>:*`` (deleted afterwards). The in-process tests await
-the connector's ``run()``; the others run it as a subprocess, kill it or SIGTERM it.
+the connector's ``run(controller, options)``; the others run ``aioconnector connect redis`` as
+a subprocess, kill it or SIGTERM it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 import pytest
 
 from aioconnector import ControllerConfig, Settlement, SourceStats
+from aioconnector.connectors import redis as connector
 from aioconnector.testing import FakeGateway
 
 from ._process import (
@@ -33,10 +35,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    import redis_streams
     from redis.asyncio import Redis
 
-SCRIPT = "redis_streams.py"
+BROKER = "redis"
 
 
 @pytest.fixture
@@ -68,12 +69,11 @@ class Broker:
     def stream(self, name: str = "events") -> str:
         return f"test:{self.tag}:{name}"
 
-    def options(self, *names: str, **changes: Any) -> redis_streams.Options:
-        import redis_streams
+    def options(self, *names: str, **changes: Any) -> connector.Options:
 
         changes.setdefault("consumer", "in-process")
         streams = tuple(self.stream(name) for name in names or ("events",))
-        return redis_streams.Options(url=self.url, streams=streams, group=self.group, **changes)
+        return connector.Options(url=self.url, streams=streams, group=self.group, **changes)
 
     def args(self, *extra: str) -> list[str]:
         """``--streams <events> --group connectors`` and ``extra``, as command-line flags."""
@@ -143,11 +143,9 @@ def config(url: str) -> ControllerConfig:
 
 
 def running(
-    config: ControllerConfig, options: redis_streams.Options
+    config: ControllerConfig, options: connector.Options
 ) -> AbstractAsyncContextManager[list[SourceStats]]:
-    import redis_streams  # once its client library is known to be there
-
-    return running_in_process(redis_streams.run, config, options)
+    return running_in_process(connector.run, config, options)
 
 
 # -- in-process ------------------------------------------------------------------------------
@@ -256,13 +254,13 @@ async def test_no_entry_is_lost_when_a_connector_is_killed(broker: Broker, tmp_p
 
     async with gateway.serve() as url:
         env = connector_env(url, "first", max_concurrency="8", redis_consumer="first")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "1.log") as first:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "1.log") as first:
             await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
             first.kill()
             assert await first.wait(timeout=5) < 0
         in_flight_at_kill = function.in_flight()
         env = connector_env(url, "second", max_concurrency="8", redis_consumer="second")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "2.log") as second:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "2.log") as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)
             second.terminate()
@@ -287,8 +285,8 @@ async def test_two_connectors_share_a_consumer_group(
         env_left = connector_env(url, "left", max_concurrency="16", redis_consumer="left")
         env_right = connector_env(url, "right", max_concurrency="16", redis_consumer="right")
         async with (
-            connector_process(SCRIPT, args, env=env_left, log=tmp_path / "l.log") as left,
-            connector_process(SCRIPT, args, env=env_right, log=tmp_path / "r.log") as right,
+            connector_process(BROKER, args, env=env_left, log=tmp_path / "l.log") as left,
+            connector_process(BROKER, args, env=env_right, log=tmp_path / "r.log") as right,
         ):
             await left.wait_ready()
             await right.wait_ready()
@@ -343,7 +341,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
         watcher.start_soon(watch_acks)
         env = connector_env(url, "first", max_concurrency="8", drain_timeout=drain)
         args = broker.args("--consumer", "first")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "1.log") as first:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "1.log") as first:
             await wait_until(lambda: len(function.in_flight()) == 8, within=15)  # all busy
             in_flight = function.in_flight()
             first.terminate()
@@ -356,7 +354,7 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
         gate.set()  # when cut short, only now
         env = connector_env(url, "second", max_concurrency="8")
         args = broker.args("--consumer", "second", "--min-idle", "500")
-        async with connector_process(SCRIPT, args, env=env, log=tmp_path / "2.log") as second:
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "2.log") as second:
             await wait_until(lambda: set(message_ids(gateway)) >= ids, within=20)
             await wait_until(broker.settled, within=10)
             second.terminate()

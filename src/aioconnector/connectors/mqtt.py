@@ -1,4 +1,4 @@
-"""An MQTT connector (aiomqtt): subscribes to topic filters with QoS 1; the MQTT topic is the topic.
+"""MQTT to OpenFaaS (aiomqtt): topic filters subscribed with QoS 1; the MQTT topic is the topic.
 
 Each message published on a topic matching --topics (e.g. 'sensors/#') goes to the OpenFaaS
 functions whose `topic` annotation names that exact topic ('sensors/kitchen/temp'), with
@@ -27,10 +27,10 @@ own retries, see RetryPolicy), whose topic no function subscribes to, or that ca
 is acknowledged and logged, never redelivered nor dead-lettered. Retained messages are
 delivered again on every (re)subscription. Ordering: none across the max_concurrency messages
 in flight. SIGTERM/SIGINT: stop taking messages, finish those in flight (within drain_timeout),
-disconnect. Each flag defaults to the variable mqtt_<flag> (mqtt_host, mqtt_topics...); the
-gateway settings come from the OpenFaaS variables (gateway_url, max_concurrency...):
+disconnect. One replica per --client-id (in Kubernetes: replicas 1, strategy Recreate).
+Needs ``pip install 'aioconnector[mqtt]'``:
 
-    gateway_url=http://127.0.0.1:8080 python examples/mqtt.py --topics 'sensors/#' \\
+    gateway_url=http://127.0.0.1:8080 aioconnector connect mqtt --topics 'sensors/#' \\
         --client-id openfaas-connector
 """
 
@@ -41,24 +41,28 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING
 
-import _connector_cli as cli
-import aiomqtt
 import anyio
 import attrs
-from _connector_cli import option
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceMessage, run_source
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
 
 if TYPE_CHECKING:
     import signal
     from collections.abc import Sequence
 
+    import aiomqtt
     from anyio.abc import TaskStatus
 
-    from aioconnector import InvocationResult, SourceStats
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
 
-log = logging.getLogger("mqtt")
-QOS = 1
+__all__ = ["CONNECTOR", "Options", "message_id", "run"]
+
+log = logging.getLogger("aioconnector.connectors.mqtt")
+_QOS = 1
 
 
 @attrs.frozen(kw_only=True)
@@ -67,48 +71,27 @@ class Options:
 
     host: str = option("127.0.0.1", "MQTT broker host")
     port: int = option(1883, "MQTT broker port")
-    topics: tuple[str, ...] = option(("#",), "topic filters, comma-separated")
-    client_id: str = option("", "persistent session id: acks after settling (see above)")
+    topics: tuple[str, ...] = option(("#",), "topic filters, comma-separated", also_env=("topics",))
+    client_id: str = option("", "persistent session id: acks after settling, at least once")
     username: str = option("", "user name, if the broker wants one")
     password: str = option("", "password (prefer the variable mqtt_password)")
 
 
-def message_id(topic: str, payload: bytes) -> str:
-    """A hash of the topic and the payload: the same for a redelivered copy."""
-    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
-
-
-def convert(message: aiomqtt.Message) -> SourceMessage:
-    """The MQTT topic is the topic, the payload the body."""
-    topic = message.topic.value
-    return SourceMessage(
-        topic=topic, body=message.payload, message_id=message_id(topic, message.payload)
-    )
-
-
-async def settle(
-    client: aiomqtt.Client | None,
-    message: aiomqtt.Message,
-    verdict: Settlement,
-    results: Sequence[InvocationResult],
-) -> None:
-    """Log what could not be delivered; acknowledge it all (with manual acks: now)."""
-    if verdict is not Settlement.ACK:
-        why = cli.describe(verdict, results)
-        log.warning("dropping a message on %s (%s): %s", message.topic, verdict.value, why)
-    if client is not None:
-        client._client.ack(message.mid, message.qos)  # paho's manual ack; see the docstring
-
-
 async def run(
-    config: ControllerConfig,
+    controller: AsyncController,
     options: Options,
     *,
     stop: anyio.Event | None = None,
     stop_signals: Sequence[signal.Signals] = (),
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
-    """Subscribe and invoke until ``stop`` is set or one of ``stop_signals`` arrives."""
+    """Subscribe and invoke until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once subscribed.
+    """
+    CONNECTOR.require()
+    import aiomqtt
+
     persistent = bool(options.client_id)
     client = aiomqtt.Client(
         options.host,
@@ -120,32 +103,63 @@ async def run(
     )
     if persistent:  # before connecting: the broker resends the unacked messages at once
         client._client.manual_ack_set(on=True)
-    async with AsyncController(config) as controller, client:
+    async with client:
         for topic in options.topics:
-            await client.subscribe(topic, qos=QOS)
-        cli.announce_ready(log, f"{', '.join(options.topics)} on {options.host}:{options.port}")
+            await client.subscribe(topic, qos=_QOS)
+        announce_ready(log, f"{', '.join(options.topics)} on {options.host}:{options.port}")
         task_status.started()
         return await run_source(
             controller,
             client.messages,
-            convert=convert,
-            settle=partial(settle, client if persistent else None),
+            convert=_convert,
+            settle=partial(_settle, client if persistent else None),
             stop=stop,
             stop_signals=stop_signals,
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see the module's docstring."""
-    args = cli.options_parser(Options, __doc__, env_prefix="mqtt_").parse_args(argv)
-    options = cli.parse_options(Options, args)
-
-    async def start() -> SourceStats:
-        config = ControllerConfig.from_env()
-        return await run(config, options, stop_signals=cli.SHUTDOWN_SIGNALS)
-
-    return cli.run_connector(start, log_level=args.log_level, errors=(aiomqtt.MqttError,))
+def message_id(topic: str, payload: bytes) -> str:
+    """A hash of the topic and the payload: the same for a redelivered copy."""
+    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _convert(message: aiomqtt.Message) -> SourceMessage:
+    """The MQTT topic is the topic, the payload the body."""
+    topic = message.topic.value
+    return SourceMessage(
+        topic=topic, body=message.payload, message_id=message_id(topic, message.payload)
+    )
+
+
+async def _settle(
+    client: aiomqtt.Client | None,
+    message: aiomqtt.Message,
+    verdict: Settlement,
+    results: Sequence[InvocationResult],
+) -> None:
+    """Log what could not be delivered; acknowledge it all (with manual acks: now)."""
+    if verdict is not Settlement.ACK:
+        why = describe(verdict, results)
+        log.warning("dropping a message on %s (%s): %s", message.topic, verdict.value, why)
+    if client is not None:
+        client._client.ack(message.mid, message.qos)  # paho's manual ack; see the docstring
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import aiomqtt
+
+    return (aiomqtt.MqttError,)
+
+
+CONNECTOR: Connector[Options] = Connector(
+    name="mqtt",
+    summary="MQTT: topic filters subscribed with QoS 1; the MQTT topic is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="mqtt_",
+    client="aiomqtt",
+    modules=("aiomqtt",),
+    run=run,
+    errors=_errors,
+)
+"""The MQTT connector, for ``aioconnector connect mqtt``."""

@@ -14,15 +14,13 @@ Delivery is at least once, in no particular order (up to max_concurrency entries
 - a connector that dies leaves its entries pending: the others claim them after --min-idle.
 
 The group is created when missing, from the start of the stream. Several connectors in the same
---group (each with its own --consumer) share the work. SIGTERM or SIGINT: read no more, finish
-the invocations in flight (up to drain_timeout), XACK what finished, leave the rest pending,
-exit 0. The gateway settings come from the OpenFaaS environment variables (gateway_url,
-upstream_timeout, max_concurrency, drain_timeout, retry_attempts, basic_auth...):
+--group (each with its own --consumer; the default, ``<hostname>-<pid>``, differs per pod)
+share the work. SIGTERM or SIGINT: read no more, finish the invocations in flight (up to
+drain_timeout), XACK what finished, leave the rest pending, exit 0. Keep --min-idle above the
+longest invocation (upstream_timeout, retries included), or an entry still being worked on is
+claimed again. Needs Redis >= 7 and ``pip install 'aioconnector[redis]'``:
 
-    gateway_url=http://127.0.0.1:8080 python examples/redis_streams.py --streams orders,payments
-
-Keep --min-idle above the longest invocation (upstream_timeout, retries included), or an entry
-still being worked on is claimed again. Needs Redis >= 7.
+    gateway_url=http://127.0.0.1:8080 aioconnector connect redis --streams orders,payments
 """
 
 from __future__ import annotations
@@ -33,28 +31,31 @@ import socket
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
-import _connector_cli as cli
 import anyio
 import anyio.lowlevel
 import attrs
-import redis.asyncio
-import redis.exceptions
-from _connector_cli import option
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceMessage, run_source
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
 
 if TYPE_CHECKING:
     import signal
     from collections.abc import AsyncIterator, Mapping, Sequence
 
+    from anyio.abc import TaskStatus
+    from redis.asyncio import Redis
     from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
-    from aioconnector import InvocationResult, SourceStats
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
 
     Entries = list[tuple[bytes, dict[bytes, bytes]]]  # XREADGROUP/XAUTOCLAIM's (RESP2)
 
-log = logging.getLogger("redis_streams")
-Redis = redis.asyncio.Redis
+__all__ = ["CONNECTOR", "Entry", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.redis")
 
 
 @attrs.frozen(kw_only=True)
@@ -62,8 +63,10 @@ class Options:
     """What to consume and how to settle it; each field is also a flag (env ``redis_<field>``)."""
 
     url: str = option("redis://127.0.0.1:6379/0", "Redis URL")
-    streams: tuple[str, ...] = option(("events",), "streams to consume, comma-separated")
-    group: str = option("aioconnector", "consumer group (created if missing)")
+    streams: tuple[str, ...] = option(
+        ("events",), "streams to consume, comma-separated", also_env=("topics",)
+    )
+    group: str = option("aioconnector", "consumer group, shared by replicas (created)")
     consumer: str = option("", "this consumer's name in the group (empty: <hostname>-<pid>)")
     batch: int = option(16, "entries per read")
     min_idle: int = option(60_000, "ms after which another consumer's pending entry is claimed")
@@ -81,16 +84,24 @@ class Entry:
 
 
 async def run(
-    config: ControllerConfig,
+    controller: AsyncController,
     options: Options,
     *,
     stop: anyio.Event | None = None,
     stop_signals: Sequence[signal.Signals] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
-    """Consume until ``stop`` is set or one of ``stop_signals`` arrives; return the counts."""
+    """Consume into ``controller`` until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once the group exists and the workers wait.
+    """
+    CONNECTOR.require()
+    import redis.asyncio
+    import redis.exceptions
+
     if not options.consumer:
         options = attrs.evolve(options, consumer=f"{socket.gethostname()}-{os.getpid()}")
-    async with AsyncController(config) as controller, Redis.from_url(options.url) as client:
+    async with redis.asyncio.Redis.from_url(options.url) as client:
         for stream in options.streams:
             try:
                 await client.xgroup_create(stream, options.group, id="0", mkstream=True)
@@ -99,18 +110,19 @@ async def run(
                     raise
         return await run_source(
             controller,
-            read(client, options),
-            convert=convert,
-            settle=partial(settle, client, options),
+            _read(client, options),
+            convert=_convert,
+            settle=partial(_settle, client, options),
             stop=stop,
             stop_signals=stop_signals,
+            task_status=task_status,
         )
 
 
-async def read(client: Redis, options: Options) -> AsyncIterator[Entry]:
+async def _read(client: Redis, options: Options) -> AsyncIterator[Entry]:
     """New entries for this consumer, and every ``min_idle / 2`` the idle ones it claims."""
     await anyio.lowlevel.checkpoint()  # run_source's signal handlers go in before "ready"
-    cli.announce_ready(log, f"{','.join(options.streams)} as {options.consumer} in {options.group}")
+    announce_ready(log, f"{','.join(options.streams)} as {options.consumer} in {options.group}")
     reclaim_at = anyio.current_time()  # at once: the entries a dead predecessor left
     while True:
         if anyio.current_time() >= reclaim_at:
@@ -118,7 +130,7 @@ async def read(client: Redis, options: Options) -> AsyncIterator[Entry]:
             for stream in options.streams:
                 cursor = "0-0"
                 while True:
-                    cursor, claimed = await reclaim(client, options, stream, cursor)
+                    cursor, claimed = await _reclaim(client, options, stream, cursor)
                     for entry in claimed:
                         yield entry
                     if cursor == "0-0":
@@ -133,7 +145,7 @@ async def read(client: Redis, options: Options) -> AsyncIterator[Entry]:
                 yield Entry(name.decode(), entry_id.decode(), fields, deliveries=1)
 
 
-async def reclaim(
+async def _reclaim(
     client: Redis, options: Options, stream: str, cursor: str
 ) -> tuple[str, list[Entry]]:
     """One XAUTOCLAIM page of idle entries; those past max_deliveries go to the dead letters."""
@@ -151,11 +163,11 @@ async def reclaim(
         if entry.deliveries <= options.max_deliveries:
             entries.append(entry)
         else:  # e.g. it crashed every connector that took it
-            await dead_letter(client, options, entry, "no connector finished it")
+            await _dead_letter(client, options, entry, "no connector finished it")
     return next_cursor.decode(), entries
 
 
-def convert(entry: Entry) -> SourceMessage:
+def _convert(entry: Entry) -> SourceMessage:
     """``topic`` (or the stream's name) is the topic, ``body`` the body."""
     body = entry.fields.get(b"body")
     if body is None:
@@ -168,7 +180,7 @@ def convert(entry: Entry) -> SourceMessage:
     )
 
 
-async def settle(
+async def _settle(
     client: Redis,
     options: Options,
     entry: Entry,
@@ -181,10 +193,10 @@ async def settle(
     elif verdict is Settlement.RETRY and entry.deliveries < options.max_deliveries:
         log.debug("%s/%s failed, left pending: %s", entry.stream, entry.id, results)
     else:
-        await dead_letter(client, options, entry, cli.describe(verdict, results))
+        await _dead_letter(client, options, entry, describe(verdict, results))
 
 
-async def dead_letter(client: Redis, options: Options, entry: Entry, reason: str) -> None:
+async def _dead_letter(client: Redis, options: Options, entry: Entry, reason: str) -> None:
     """Copy the entry to ``<stream>:dead`` and XACK it, atomically."""
     log.warning(
         "dead-lettering %s/%s after %d deliveries: %s",
@@ -205,18 +217,21 @@ async def dead_letter(client: Redis, options: Options, entry: Entry, reason: str
         await pipe.execute()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see the module's docstring."""
-    args = cli.options_parser(Options, __doc__, env_prefix="redis_").parse_args(argv)
-    options = cli.parse_options(Options, args)
+def _errors() -> tuple[type[BaseException], ...]:
+    import redis.exceptions
 
-    async def start() -> SourceStats:
-        config = ControllerConfig.from_env()
-        return await run(config, options, stop_signals=cli.SHUTDOWN_SIGNALS)
-
-    errors = (redis.exceptions.RedisError,)
-    return cli.run_connector(start, log_level=args.log_level, errors=errors)
+    return (redis.exceptions.RedisError,)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+CONNECTOR: Connector[Options] = Connector(
+    name="redis",
+    summary="Redis Streams: a consumer group; the entry's topic field (or stream) is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="redis_",
+    client="redis",
+    modules=("redis.asyncio",),
+    run=run,
+    errors=_errors,
+)
+"""The Redis Streams connector, for ``aioconnector connect redis``."""

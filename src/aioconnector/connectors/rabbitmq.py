@@ -1,4 +1,4 @@
-"""A RabbitMQ connector (aio-pika): a queue bound to a topic exchange; routing key = topic.
+"""RabbitMQ to OpenFaaS: a quorum queue bound to a topic exchange; the routing key is the topic.
 
 Declares (idempotently) the topic exchange --exchange and a durable *quorum* queue --queue bound
 to it with each of --bindings (e.g. 'orders.#,payments.*'), a dead-letter exchange
@@ -30,11 +30,10 @@ concurrently), and redelivered messages come back out of order (max_concurrency=
 time). Without a message_id property the id is the delivery tag, unique only within one
 channel: set message_id when publishing if functions deduplicate.
 
-Each flag defaults to the variable rabbitmq_<flag> (rabbitmq_url, rabbitmq_bindings...); the
-gateway settings come from the OpenFaaS variables (gateway_url, max_concurrency, drain_timeout,
-retry_attempts, basic_auth...):
+Replicas with the same --queue are competing consumers: they share the work. Needs
+``pip install 'aioconnector[rabbitmq]'``:
 
-    gateway_url=http://127.0.0.1:8080 python examples/rabbitmq.py \\
+    gateway_url=http://127.0.0.1:8080 aioconnector connect rabbitmq \\
         --url amqp://guest:guest@127.0.0.1:5672/ --exchange events --queue openfaas \\
         --bindings 'orders.#,payments.*'
 """
@@ -45,26 +44,27 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-import _connector_cli as cli
-import aio_pika
 import anyio
 import attrs
-from _connector_cli import option
-from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceMessage, run_source
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
 
 if TYPE_CHECKING:
     import signal
     from collections.abc import Sequence
 
-    from aio_pika.abc import AbstractChannel, AbstractQueue
+    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
     from anyio.abc import TaskStatus
 
-    from aioconnector import InvocationResult, SourceStats
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
 
-log = logging.getLogger("rabbitmq")
+__all__ = ["CONNECTOR", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.rabbitmq")
 
 
 @attrs.frozen(kw_only=True)
@@ -73,12 +73,65 @@ class Options:
 
     url: str = option("amqp://guest:guest@127.0.0.1:5672/", "AMQP URL")
     exchange: str = option("openfaas", "topic exchange (declared)")
-    queue: str = option("openfaas-connector", "quorum queue (declared)")
-    bindings: tuple[str, ...] = option(("#",), "binding keys, comma-separated")
+    queue: str = option("openfaas-connector", "quorum queue, shared by replicas (declared)")
+    bindings: tuple[str, ...] = option(
+        ("#",), "binding keys, comma-separated", also_env=("topics",)
+    )
     max_redeliveries: int = option(5, "redeliveries of a failing message before dead-lettering")
 
 
-async def declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
+async def run(
+    controller: AsyncController,
+    options: Options,
+    *,
+    stop: anyio.Event | None = None,
+    stop_signals: Sequence[signal.Signals] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> SourceStats:
+    """Consume into ``controller`` until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once the queue is declared and consumed.
+    """
+    CONNECTOR.require()
+    import aio_pika
+
+    prefetch = controller.config.max_concurrency  # never more unacked than run_source holds
+    stop = stop or anyio.Event()  # run_source sets it on a stop signal
+    send, receive = anyio.create_memory_object_stream["AbstractIncomingMessage"](prefetch)
+
+    async def deliver(message: AbstractIncomingMessage) -> None:
+        # After the stop it stays unacked, and closing the channel returns it to the queue.
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            send.send_nowait(message)
+
+    async with await aio_pika.connect(options.url) as connection, send, receive:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await _declare(channel, options)
+        tag = await queue.consume(deliver)
+
+        async def stop_consuming() -> None:  # at the stop, not after the drain
+            await stop.wait()
+            send.close()
+            await queue.cancel(tag)
+
+        announce_ready(log, f"queue {options.queue} bound to {options.exchange}")
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_consuming)
+            stats = await run_source(
+                controller,
+                receive,
+                convert=_convert,
+                settle=_settle,
+                stop=stop,
+                stop_signals=stop_signals,
+            )
+            stop.set()
+    return stats
+
+
+async def _declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
     """Declare the exchange, the queue, its bindings and its dead-letter pair; return the queue."""
     source = await channel.declare_exchange(options.exchange, "topic", durable=True)
     dead = await channel.declare_exchange(f"{options.exchange}.dlx", "topic", durable=True)
@@ -100,7 +153,7 @@ async def declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
     return queue
 
 
-def convert(message: AbstractIncomingMessage) -> SourceMessage:
+def _convert(message: AbstractIncomingMessage) -> SourceMessage:
     """The routing key is the topic; message_id (else the delivery tag) the message id."""
     headers = {"Content-Type": message.content_type} if message.content_type else {}
     count = (message.headers or {}).get("x-delivery-count")  # absent on the first delivery
@@ -114,14 +167,14 @@ def convert(message: AbstractIncomingMessage) -> SourceMessage:
     )
 
 
-async def settle(
+async def _settle(
     message: AbstractIncomingMessage, verdict: Settlement, results: Sequence[InvocationResult]
 ) -> None:
     """Ack a success, requeue a failure, dead-letter the rest."""
     if verdict is Settlement.ACK:
         await message.ack()
         return
-    why = cli.describe(verdict, results)
+    why = describe(verdict, results)
     if verdict is Settlement.RETRY:
         log.warning("requeueing %s (%s): %s", message.message_id, message.routing_key, why)
         await message.nack(requeue=True)
@@ -130,67 +183,21 @@ async def settle(
         await message.reject(requeue=False)
 
 
-async def run(
-    config: ControllerConfig,
-    options: Options,
-    *,
-    stop: anyio.Event | None = None,
-    stop_signals: Sequence[signal.Signals] = (),
-    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> SourceStats:
-    """Consume until ``stop`` is set or one of ``stop_signals`` arrives; return the counts."""
-    prefetch = config.max_concurrency  # run_source's bound: never more unacked than in flight
-    stop = stop or anyio.Event()  # run_source sets it on a stop signal
-    send, receive = anyio.create_memory_object_stream[AbstractIncomingMessage](prefetch)
+def _errors() -> tuple[type[BaseException], ...]:
+    from aio_pika.exceptions import AMQPError
 
-    async def deliver(message: AbstractIncomingMessage) -> None:
-        # After the stop it stays unacked, and closing the channel returns it to the queue.
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            send.send_nowait(message)
-
-    async with (
-        AsyncController(config) as controller,
-        await aio_pika.connect(options.url) as connection,
-        send,
-        receive,
-    ):
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await declare(channel, options)
-        tag = await queue.consume(deliver)
-
-        async def stop_consuming() -> None:  # at the stop, not after the drain
-            await stop.wait()
-            send.close()
-            await queue.cancel(tag)
-
-        cli.announce_ready(log, f"queue {options.queue} bound to {options.exchange}")
-        task_status.started()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_consuming)
-            stats = await run_source(
-                controller,
-                receive,
-                convert=convert,
-                settle=settle,
-                stop=stop,
-                stop_signals=stop_signals,
-            )
-            stop.set()
-    return stats
+    return (AMQPError,)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see the module's docstring."""
-    args = cli.options_parser(Options, __doc__, env_prefix="rabbitmq_").parse_args(argv)
-    options = cli.parse_options(Options, args)
-
-    async def start() -> SourceStats:
-        config = ControllerConfig.from_env()
-        return await run(config, options, stop_signals=cli.SHUTDOWN_SIGNALS)
-
-    return cli.run_connector(start, log_level=args.log_level, errors=(AMQPError,))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+CONNECTOR: Connector[Options] = Connector(
+    name="rabbitmq",
+    summary="RabbitMQ: a quorum queue bound to a topic exchange; the routing key is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="rabbitmq_",
+    client="aio-pika",
+    modules=("aio_pika",),
+    run=run,
+    errors=_errors,
+)
+"""The RabbitMQ connector, for ``aioconnector connect rabbitmq``."""

@@ -1,4 +1,4 @@
-"""A PostgreSQL connector (asyncpg): LISTEN on channels, each NOTIFY invokes functions.
+"""PostgreSQL to OpenFaaS (asyncpg): LISTEN on channels; each NOTIFY invokes functions.
 
 A notification's payload says what to invoke:
 
@@ -24,10 +24,10 @@ DELETE them once every function answered 2xx (the row id is then a real X-Messag
 
 Ordering: notifications arrive in commit order, but up to max_concurrency are invoked at once.
 A lost connection ends the run with an error (exit status 1). SIGTERM/SIGINT: stop taking
-notifications, finish those in flight (within drain_timeout). Each flag defaults to the variable
-postgres_<flag>; the gateway settings come from the OpenFaaS variables (gateway_url...):
+notifications, finish those in flight (within drain_timeout). Every listener gets every
+notification: run one replica. Needs ``pip install 'aioconnector[postgres]'``:
 
-    gateway_url=http://127.0.0.1:8080 python examples/postgres_notify.py \\
+    gateway_url=http://127.0.0.1:8080 aioconnector connect postgres \\
         --dsn postgresql://postgres@127.0.0.1:5432/test --channels orders,payments
 """
 
@@ -38,13 +38,12 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-import _connector_cli as cli
 import anyio
-import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
 import attrs
-from _connector_cli import option
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceMessage, run_source
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
 
 if TYPE_CHECKING:
     import signal
@@ -52,10 +51,14 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
-    from aioconnector import InvocationResult, SourceStats
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
 
-log = logging.getLogger("postgres_notify")
-JSON = {"Content-Type": "application/json"}
+__all__ = ["CONNECTOR", "Notification", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.postgres")
+_JSON = {"Content-Type": "application/json"}
 
 
 @attrs.frozen(kw_only=True)
@@ -63,58 +66,36 @@ class Options:
     """What to listen to; each field is also a flag (env ``postgres_<field>``)."""
 
     dsn: str = option("", "libpq connection URL; empty: the PG* variables (PGHOST...)")
-    channels: tuple[str, ...] = option(("openfaas",), "channels to LISTEN on, comma-separated")
+    channels: tuple[str, ...] = option(
+        ("openfaas",), "channels to LISTEN on, comma-separated", also_env=("topics",)
+    )
     buffer: int = option(1000, "notifications held while every invocation slot is busy")
 
 
 @attrs.frozen
 class Notification:
+    """A notification as received: its channel and payload."""
+
     channel: str
     payload: str
 
 
-def convert(notification: Notification) -> SourceMessage:
-    """An envelope {"topic", "body", "id"} or a plain payload for the channel's topic."""
-    payload = notification.payload
-    if not payload.lstrip().startswith("{"):
-        return SourceMessage(topic=notification.channel, body=payload)
-    document = json.loads(payload)  # a ValueError: settled INVALID
-    if not isinstance(document, dict) or "topic" not in document:
-        return SourceMessage(topic=notification.channel, body=payload, headers=JSON)
-    topic, body, ident = document["topic"], document.get("body", ""), document.get("id")
-    if not isinstance(topic, str):
-        raise TypeError(f"the envelope's topic must be a string, got {topic!r}")
-    if isinstance(ident, bool) or not isinstance(ident, (str, int, type(None))):
-        raise TypeError(f"the envelope's id must be a string or an integer, got {ident!r}")
-    return SourceMessage(
-        topic=topic,
-        body=body if isinstance(body, str) else json.dumps(body),
-        headers=None if isinstance(body, str) else JSON,
-        message_id=None if ident is None else str(ident),
-    )
-
-
-async def settle(
-    notification: Notification, verdict: Settlement, results: Sequence[InvocationResult]
-) -> None:
-    """Nothing to acknowledge: log what was not delivered, since it is lost."""
-    if verdict is Settlement.RETRY:
-        why = cli.describe(verdict, results)
-        log.error("lost a notification on %s: %s", notification.channel, why)
-    elif verdict is not Settlement.ACK:
-        why = cli.describe(verdict, results)
-        log.warning("skipped a notification on %s: %s", notification.channel, why)
-
-
 async def run(
-    config: ControllerConfig,
+    controller: AsyncController,
     options: Options,
     *,
     stop: anyio.Event | None = None,
     stop_signals: Sequence[signal.Signals] = (),
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
-    """Listen and invoke until ``stop`` is set or one of ``stop_signals`` arrives."""
+    """Listen and invoke until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once listening. A lost connection ends it with
+    ``ConnectionError`` once the notifications received are settled.
+    """
+    CONNECTOR.require()
+    import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
+
     send, receive = anyio.create_memory_object_stream[Notification](options.buffer)
     lost: list[str] = []
 
@@ -129,19 +110,19 @@ async def run(
         lost.append("the connection to PostgreSQL was lost")
         send.close()  # ends the source: run_source finishes what is in flight
 
-    async with AsyncController(config) as controller, send, receive:
+    async with send, receive:
         connection = await asyncpg.connect(options.dsn or None)
         try:
             connection.add_termination_listener(on_termination)
             for channel in options.channels:
                 await connection.add_listener(channel, on_notify)
-            cli.announce_ready(log, f"channels {', '.join(options.channels)}")
+            announce_ready(log, f"channels {', '.join(options.channels)}")
             task_status.started()
             stats = await run_source(
                 controller,
                 receive,
-                convert=convert,
-                settle=settle,
+                convert=_convert,
+                settle=_settle,
                 stop=stop,
                 stop_signals=stop_signals,
             )
@@ -154,18 +135,54 @@ async def run(
     return stats
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see the module's docstring."""
-    args = cli.options_parser(Options, __doc__, env_prefix="postgres_").parse_args(argv)
-    options = cli.parse_options(Options, args)
+def _convert(notification: Notification) -> SourceMessage:
+    """An envelope {"topic", "body", "id"} or a plain payload for the channel's topic."""
+    payload = notification.payload
+    if not payload.lstrip().startswith("{"):
+        return SourceMessage(topic=notification.channel, body=payload)
+    document = json.loads(payload)  # a ValueError: settled INVALID
+    if not isinstance(document, dict) or "topic" not in document:
+        return SourceMessage(topic=notification.channel, body=payload, headers=_JSON)
+    topic, body, ident = document["topic"], document.get("body", ""), document.get("id")
+    if not isinstance(topic, str):
+        raise TypeError(f"the envelope's topic must be a string, got {topic!r}")
+    if isinstance(ident, bool) or not isinstance(ident, (str, int, type(None))):
+        raise TypeError(f"the envelope's id must be a string or an integer, got {ident!r}")
+    return SourceMessage(
+        topic=topic,
+        body=body if isinstance(body, str) else json.dumps(body),
+        headers=None if isinstance(body, str) else _JSON,
+        message_id=None if ident is None else str(ident),
+    )
 
-    async def start() -> SourceStats:
-        config = ControllerConfig.from_env()
-        return await run(config, options, stop_signals=cli.SHUTDOWN_SIGNALS)
 
-    errors = (asyncpg.PostgresError, asyncpg.InterfaceError)
-    return cli.run_connector(start, log_level=args.log_level, errors=errors)
+async def _settle(
+    notification: Notification, verdict: Settlement, results: Sequence[InvocationResult]
+) -> None:
+    """Nothing to acknowledge: log what was not delivered, since it is lost."""
+    if verdict is Settlement.RETRY:
+        why = describe(verdict, results)
+        log.error("lost a notification on %s: %s", notification.channel, why)
+    elif verdict is not Settlement.ACK:
+        why = describe(verdict, results)
+        log.warning("skipped a notification on %s: %s", notification.channel, why)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _errors() -> tuple[type[BaseException], ...]:
+    import asyncpg
+
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+CONNECTOR: Connector[Options] = Connector(
+    name="postgres",
+    summary="PostgreSQL LISTEN/NOTIFY: the payload's topic (or the channel) is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="postgres_",
+    client="asyncpg",
+    modules=("asyncpg",),
+    run=run,
+    errors=_errors,
+)
+"""The PostgreSQL LISTEN/NOTIFY connector, for ``aioconnector connect postgres``."""

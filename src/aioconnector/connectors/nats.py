@@ -16,13 +16,11 @@ Delivery is at least once, in no particular order (up to max_concurrency message
 The stream and the durable consumer are created when missing (an existing one keeps its
 settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
 no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the
-rest to redelivery, exit 0. The gateway settings come from the OpenFaaS environment variables
-(gateway_url, upstream_timeout, max_concurrency, drain_timeout, retry_attempts, basic_auth...):
+rest to redelivery, exit 0. Keep ack_wait above the longest invocation (upstream_timeout,
+retries included). Needs ``pip install 'aioconnector[nats]'``:
 
-    gateway_url=http://127.0.0.1:8080 python examples/nats_jetstream.py \\
+    gateway_url=http://127.0.0.1:8080 aioconnector connect nats \\
         --stream EVENTS --subjects 'events.>' --strip-prefix events.
-
-Keep ack_wait above the longest invocation (upstream_timeout, retries included).
 """
 
 from __future__ import annotations
@@ -32,30 +30,31 @@ from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
 
-import _connector_cli as cli
 import anyio
 import anyio.lowlevel
 import attrs
-import nats
-import nats.errors
-from _connector_cli import option
-from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import NotFoundError
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceMessage, run_source
+from .._source import Settlement, SourceMessage, run_source
+from ._base import Connector, announce_ready, describe
+from ._settings import option
 
 if TYPE_CHECKING:
     import signal
     from collections.abc import AsyncIterator, Sequence
 
+    from anyio.abc import TaskStatus
     from nats.aio.msg import Msg
     from nats.js import JetStreamContext
 
-    from aioconnector import InvocationResult, SourceStats
+    from .._controller import AsyncController
+    from .._results import InvocationResult
+    from .._source import SourceStats
 
-log = logging.getLogger("nats_jetstream")
-FETCH_TIMEOUT = 1.0  # seconds a fetch waits for messages; also how soon a stop is noticed
-MAX_NAK_DELAY = 60.0
+__all__ = ["CONNECTOR", "Options", "run"]
+
+log = logging.getLogger("aioconnector.connectors.nats")
+_FETCH_TIMEOUT = 1.0  # seconds a fetch waits for messages; also how soon a stop is noticed
+_MAX_NAK_DELAY = 60.0
 
 
 @attrs.frozen(kw_only=True)
@@ -64,52 +63,64 @@ class Options:
 
     url: str = option("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated")
     stream: str = option("EVENTS", "JetStream stream (created if missing)")
-    subjects: tuple[str, ...] = option(("events.>",), "subjects to consume, comma-separated")
-    durable: str = option("aioconnector", "durable consumer name (created if missing)")
+    subjects: tuple[str, ...] = option(
+        ("events.>",), "subjects to consume, comma-separated", also_env=("topics",)
+    )
+    durable: str = option("aioconnector", "durable consumer, shared by replicas (created)")
     batch: int = option(16, "messages per fetch")
     strip_prefix: str = option("", "removed from a subject to give its topic, e.g. 'events.'")
-    ack_wait: float = option(30.0, "seconds before an unacked message is redelivered")
-    max_deliver: int = option(5, "deliveries before a failing message is terminated")
+    ack_wait: float = option(30.0, "before an unacked message is redelivered (new consumer)")
+    max_deliver: int = option(5, "deliveries before a failing message is terminated (new consumer)")
     nak_delay: float = option(1.0, "redelivery delay after a failure, doubled each time")
     nak_unroutable: bool = option(default=False, help="nak unmatched/invalid messages, not term")
 
 
 async def run(
-    config: ControllerConfig,
+    controller: AsyncController,
     options: Options,
     *,
     stop: anyio.Event | None = None,
     stop_signals: Sequence[signal.Signals] = (),
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
-    """Consume until ``stop`` is set or one of ``stop_signals`` arrives; return the counts."""
-    async with AsyncController(config) as controller:
-        client = await nats.connect(
-            options.url.split(","), name=config.connector_name, error_cb=log_nats_error
+    """Consume into ``controller`` until ``stop`` is set or one of ``stop_signals`` arrives.
+
+    With ``tg.start(run, ...)``, ready once the consumer is bound and the workers wait.
+    """
+    CONNECTOR.require()
+    import nats
+
+    client = await nats.connect(
+        options.url.split(","), name=controller.config.connector_name, error_cb=_log_nats_error
+    )
+    try:
+        subscription, max_deliver = await _subscribe(client.jetstream(), options)
+        return await run_source(
+            controller,
+            _fetch(subscription, options),
+            convert=partial(_convert, options.strip_prefix),
+            settle=partial(_settle, options, max_deliver),
+            stop=stop,
+            stop_signals=stop_signals,
+            task_status=task_status,
         )
-        try:
-            subscription, max_deliver = await subscribe(client.jetstream(), options)
-            return await run_source(
-                controller,
-                fetch(subscription, options),
-                convert=partial(convert, options.strip_prefix),
-                settle=partial(settle, options, max_deliver),
-                stop=stop,
-                stop_signals=stop_signals,
-            )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await client.close()  # also sends the acks still buffered
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.close()  # also sends the acks still buffered
 
 
-async def log_nats_error(exc: Exception) -> None:
+async def _log_nats_error(exc: Exception) -> None:
     """nats-py reports connection trouble here (and retries): one line, not a traceback."""
     log.warning("NATS: %s: %s", type(exc).__name__, exc)
 
 
-async def subscribe(
+async def _subscribe(
     js: JetStreamContext, options: Options
 ) -> tuple[JetStreamContext.PullSubscription, int]:
     """Bind to the durable consumer, creating it (and the stream) if missing; its max_deliver."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import NotFoundError
+
     try:
         await js.stream_info(options.stream)
     except NotFoundError:
@@ -131,15 +142,17 @@ async def subscribe(
     return subscription, info.config.max_deliver or -1
 
 
-async def fetch(
+async def _fetch(
     subscription: JetStreamContext.PullSubscription, options: Options
 ) -> AsyncIterator[Msg]:
     """The consumer's messages, fetched ``options.batch`` at a time."""
+    import nats.errors
+
     await anyio.lowlevel.checkpoint()  # run_source's signal handlers go in before "ready"
-    cli.announce_ready(log, f"stream {options.stream} as durable consumer {options.durable}")
+    announce_ready(log, f"stream {options.stream} as durable consumer {options.durable}")
     while True:
         try:
-            batch = deque(await subscription.fetch(options.batch, timeout=FETCH_TIMEOUT))
+            batch = deque(await subscription.fetch(options.batch, timeout=_FETCH_TIMEOUT))
         except nats.errors.TimeoutError:
             continue  # nothing new
         try:
@@ -155,13 +168,13 @@ def message_id(msg: Msg) -> str:
     return (msg.headers or {}).get("Nats-Msg-Id") or str(msg.metadata.sequence.stream)
 
 
-def convert(strip_prefix: str, msg: Msg) -> SourceMessage:
+def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
     """The subject (without ``strip_prefix``) is the topic, the payload the body."""
     topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
     return SourceMessage(topic=topic, body=msg.data, message_id=message_id(msg))
 
 
-async def settle(
+async def _settle(
     options: Options,
     max_deliver: int,
     msg: Msg,
@@ -175,29 +188,33 @@ async def settle(
     delivered = msg.metadata.num_delivered
     last = 0 < max_deliver <= delivered
     if not last and (verdict is Settlement.RETRY or options.nak_unroutable):
-        await msg.nak(delay=min(options.nak_delay * 2 ** (delivered - 1), MAX_NAK_DELAY))
+        await msg.nak(delay=min(options.nak_delay * 2 ** (delivered - 1), _MAX_NAK_DELAY))
         return
     log.warning(
         "terminating message %s on %s after %d deliveries: %s",
         message_id(msg),
         msg.subject,
         delivered,
-        cli.describe(verdict, results),
+        describe(verdict, results),
     )
     await msg.term()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; see the module's docstring."""
-    args = cli.options_parser(Options, __doc__, env_prefix="nats_").parse_args(argv)
-    options = cli.parse_options(Options, args)
+def _errors() -> tuple[type[BaseException], ...]:
+    import nats.errors
 
-    async def start() -> SourceStats:
-        config = ControllerConfig.from_env()
-        return await run(config, options, stop_signals=cli.SHUTDOWN_SIGNALS)
-
-    return cli.run_connector(start, log_level=args.log_level, errors=(nats.errors.Error,))
+    return (nats.errors.Error,)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+CONNECTOR: Connector[Options] = Connector(
+    name="nats",
+    summary="NATS JetStream: a durable pull consumer; the subject is the topic",
+    description=__doc__ or "",
+    options=Options,
+    env_prefix="nats_",
+    client="nats-py",
+    modules=("nats",),
+    run=run,
+    errors=_errors,
+)
+"""The NATS JetStream connector, for ``aioconnector connect nats``."""

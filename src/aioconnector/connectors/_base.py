@@ -1,0 +1,120 @@
+"""What every packaged connector shares: its description, the check for its extra, and logs.
+
+Each connector module ends with a :class:`Connector` that names it, its options class, the
+variables' prefix, the extra that installs its client, and its ``run``. The command line and
+the deploy tests work from these alone; nothing here imports a broker client.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
+
+import attrs
+
+from .._errors import MissingExtraError
+from .._source import Settlement
+from ._settings import controller_config, log_level, options_from
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+    from .._config import ControllerConfig
+    from .._results import InvocationResult
+    from .._source import SourceStats
+
+__all__ = [
+    "READY_MARKER",
+    "SHUTDOWN_SIGNALS",
+    "Connector",
+    "Settings",
+    "announce_ready",
+    "describe",
+]
+
+OptionsT = TypeVar("OptionsT", bound="attrs.AttrsInstance")
+
+SHUTDOWN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+"""What ``aioconnector connect`` stops on: fetch no more, finish what is in flight, exit 0."""
+
+READY_MARKER: Final = "ready:"
+"""Logged once a connector consumes (after its signal handlers are in); tests wait for it."""
+
+
+@attrs.frozen(kw_only=True)
+class Settings(Generic[OptionsT]):
+    """What a connector process runs with, from its flags and environment."""
+
+    config: ControllerConfig
+    options: OptionsT
+    log_level: str
+
+
+@attrs.frozen(kw_only=True)
+class Connector(Generic[OptionsT]):
+    """A packaged connector, as the command line and the deploy files see it."""
+
+    name: str
+    """``aioconnector connect <name>`` and the extra ``aioconnector[<name>]``."""
+    summary: str
+    """One line for ``aioconnector connect --help``."""
+    description: str
+    """The module's docstring: ``aioconnector connect <name> --help`` shows it."""
+    options: type[OptionsT]
+    """Its options class; each field is a flag and the variable ``<env_prefix><field>``."""
+    env_prefix: str
+    client: str
+    """The distribution of its broker client, e.g. ``nats-py``."""
+    modules: tuple[str, ...]
+    """What its client is imported as, checked by :meth:`require`."""
+    run: Callable[..., Awaitable[SourceStats]]
+    """``run(controller, options, *, stop=, stop_signals=, task_status=)``."""
+    errors: Callable[[], tuple[type[BaseException], ...]]
+    """The client's own exception classes (imports the client): reported as one line."""
+
+    @property
+    def install(self) -> str:
+        """The command that installs what it needs."""
+        return f"pip install 'aioconnector[{self.name}]'"
+
+    def settings(
+        self, flags: Mapping[str, object], environ: Mapping[str, str]
+    ) -> Settings[OptionsT]:
+        """Each setting from its flag (a parsed value, or None when not given), else from its
+        variable in ``environ``, else its default. ``ValueError`` names what is wrong;
+        ``FileNotFoundError`` a missing basic-auth secret."""
+        return Settings(
+            config=controller_config(flags, environ),
+            options=options_from(self.options, self.env_prefix, flags, environ),
+            log_level=log_level(flags, environ),
+        )
+
+    def require(self) -> None:
+        """Import its broker client, or raise :class:`MissingExtraError` saying what to install."""
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise MissingExtraError(
+                    f"the {self.name} connector needs {self.client}, which is not installed: "
+                    f"{self.install}"
+                ) from exc
+
+
+def announce_ready(logger: logging.Logger, what: str) -> None:
+    """Log that the connector consumes ``what`` (the line tests and operators wait for)."""
+    logger.info("%s consuming %s", READY_MARKER, what)
+
+
+def describe(verdict: Settlement, results: Sequence[InvocationResult]) -> str:
+    """Why a message was not acknowledged, in a few words, for logs and dead letters."""
+    if verdict is Settlement.UNMATCHED:
+        return "no function subscribes to its topic"
+    if verdict is Settlement.INVALID:
+        return "invalid message (see the warning logged before)"
+    failures = [r for r in results if not r.ok]
+    return "; ".join(
+        f"{r.function}: {f'HTTP {r.status}' if r.status is not None else r.error}" for r in failures
+    )
