@@ -283,6 +283,8 @@ CONTROLLER_VARIABLES: Final = (
     _Variable("topic_delimiter", "in topic annotations", repr(_D("topic_delimiter"))),
     _Variable("namespaces", "function namespaces, comma-separated", "ask the gateway"),
     _Variable("max_concurrency", "messages in flight", _D("max_concurrency")),
+    _Switch("adaptive_concurrency", "learn each function's capacity (AIMD)", "false"),
+    _Variable("max_waiting", "invocations waiting for their function", _D("max_waiting")),
     _Variable("retry_attempts", "tries per invocation, the first included", "3"),
     _Switch("retry_on_timeout", "retry an invocation that timed out", "false"),
     _Switch("auth_invocations", "send credentials with invocations", "false"),
