@@ -303,7 +303,8 @@ class Dispatcher:
         drain = self._drain
         try:
             self._counts.started += 1
-            started = clock()
+            started = sent = clock()
+            lane.firsts += 1  # for its retry budget
             attempt = 0  # requests made so far
             while True:
                 invoker = self.invoker
@@ -319,20 +320,23 @@ class Dispatcher:
                         result = cancelled(invocation, clock() - started, attempts=attempt)
                         ok = False
                         break
+                    sent = clock()
                 attempt += 1
-                sent = clock()
-                if attempt == 1:
-                    lane.first_attempt(sent)
                 try:
                     result = await invoker.invoke(invocation)  # shutdown during it: cancelled
                 except BaseException:
                     lane.in_flight -= 1
                     lane.wake()
                     raise
-                lane.done(result, sent)
                 ok = result.ok
+                if ok and lane.fixed:  # the usual case: Lane.done's work, inlined
+                    lane.in_flight -= 1
+                    if lane.waiters:
+                        lane.wake()
+                    break
+                lane.done(result, sent)
                 if ok:
-                    break  # the usual case, without asking the retry policy
+                    break
                 delay = self._retry_delay(lane, result, attempt, started)
                 if delay is None:
                     break
@@ -344,6 +348,7 @@ class Dispatcher:
                     break  # shutdown: keep the last answer
                 await self._slots.acquire()
                 holding = True
+                sent = clock()
             if attempt > 1 and result.attempts != attempt:
                 result = attrs.evolve(result, attempts=attempt, duration=clock() - started)
             if ok:

@@ -46,8 +46,8 @@ class Lane:
     __slots__ = (
         "_adaptive",
         "_b_end",
-        "_b_firsts",
         "_b_index",
+        "_b_marks",
         "_b_retries",
         "_b_width",
         "_budget",
@@ -62,6 +62,8 @@ class Lane:
         "_slow_start",
         "cap",
         "denied_retries",
+        "firsts",
+        "fixed",
         "gate_until",
         "in_flight",
         "limit",
@@ -82,6 +84,7 @@ class Lane:
     ) -> None:
         self._call_later = call_later
         self._adaptive = adaptive
+        self.fixed = adaptive is None  # no limit to learn: a success needs no bookkeeping
         self.in_flight = 0  # requests of this function on the wire (or about to be)
         self.waiters = WaiterQueue(lost_turn=self._lost_turn)
         self.gate_until = -math.inf  # Retry-After: no request starts before then
@@ -98,9 +101,12 @@ class Lane:
         self.limit = self._low = self._high = 0.0
         self.cap = 0
         self._set_policy(policy, max_concurrency, initial=True)
-        # Retry budget: first attempts and retries per bucket of a sliding window.
+        # Retry budget over a sliding window of buckets: the first attempts so far (counted
+        # by the data path, one increment per invocation), their count when each bucket
+        # began, and the retries in each bucket.
         self._budget = budget
-        self._b_firsts = [0] * _BUCKETS
+        self.firsts = 0
+        self._b_marks = [0] * _BUCKETS
         self._b_retries = [0] * _BUCKETS
         self._b_index = 0
         self._b_width = math.inf if budget is None else budget.window / _BUCKETS
@@ -242,12 +248,6 @@ class Lane:
 
     # -- retry budget ----------------------------------------------------------------------
 
-    def first_attempt(self, now: float) -> None:
-        """Count a first attempt: it adds to the retry budget."""
-        if now >= self._b_end:
-            self._rotate(now)
-        self._b_firsts[self._b_index] += 1
-
     def may_retry(self, now: float) -> bool:
         """Whether the budget allows one more retry now; if so, it is counted."""
         budget = self._budget
@@ -255,20 +255,27 @@ class Lane:
             return True
         if now >= self._b_end:
             self._rotate(now)
-        if sum(self._b_retries) < budget.ratio * sum(self._b_firsts) + budget.minimum:
+        # The first attempts since the oldest bucket of the window began.
+        in_window = self.firsts - self._b_marks[(self._b_index + 1) % _BUCKETS]
+        if sum(self._b_retries) < budget.ratio * in_window + budget.minimum:
             self._b_retries[self._b_index] += 1
             return True
         self.denied_retries += 1
         return False
 
     def _rotate(self, now: float) -> None:
-        """Move the window on to ``now``, forgetting the buckets that fell out of it."""
-        steps = int((now - self._b_end) // self._b_width) + 1
-        for _ in range(min(steps, _BUCKETS)):
+        """Move the window on to ``now``. Buckets are only turned here, when a retry is asked
+        for: the first attempts since the current bucket began are spread evenly over the
+        time since, to mark where each bucket passed over began."""
+        width, began = self._b_width, self._b_end - self._b_width
+        mark = self._b_marks[self._b_index]
+        rate = (self.firsts - mark) / (now - began)
+        steps = int((now - self._b_end) // width) + 1
+        for step in range(max(0, steps - _BUCKETS), steps):
             self._b_index = (self._b_index + 1) % _BUCKETS
-            self._b_firsts[self._b_index] = 0
+            self._b_marks[self._b_index] = mark + round(rate * (step + 1) * width)
             self._b_retries[self._b_index] = 0
-        self._b_end += steps * self._b_width
+        self._b_end += steps * width
 
     # -- what stats() shows ------------------------------------------------------------------
 
