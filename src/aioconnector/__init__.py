@@ -4,6 +4,9 @@ Route each message to every function whose ``topic`` annotation names its topic,
 within a bound, and stream the results. See ``AsyncController``.
 """
 
+from ._callback_app import CallbackApp as CallbackApp
+from ._callbacks import CallbackStats as CallbackStats
+from ._callbacks import PendingInvocation as PendingInvocation
 from ._config import BasicAuth as BasicAuth
 from ._config import ControllerConfig as ControllerConfig
 from ._controller import AsyncController as AsyncController
@@ -40,6 +43,8 @@ __all__ = [
     "AsyncController",
     "AuthenticationError",
     "BasicAuth",
+    "CallbackApp",
+    "CallbackStats",
     "ConnectorError",
     "ControllerConfig",
     "ControllerStateError",
@@ -53,6 +58,7 @@ __all__ = [
     "InvocationResult",
     "MissingExtraError",
     "NotAGatewayError",
+    "PendingInvocation",
     "ResponseTooLargeError",
     "ResultStream",
     "RetryBudget",

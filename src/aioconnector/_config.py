@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
     _Validator: TypeAlias = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
-__all__ = ["DEFAULT_USER_AGENT", "BasicAuth", "ControllerConfig", "parse_bool", "parse_duration"]
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "BasicAuth",
+    "ControllerConfig",
+    "parse_bool",
+    "parse_duration",
+    "parse_listen",
+]
 
 DEFAULT_USER_AGENT = f"aioconnector/{__version__}"
 DEFAULT_GATEWAY_URL = "http://gateway:8080"
@@ -116,6 +123,41 @@ def _check_gateway_url(_: object, attribute: attrs.Attribute[Any], value: object
 def _check_callback_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _check_url(attribute.name, value, base=False)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``(host, port)`` from ``"HOST:PORT"`` (``"[::1]:0"`` for IPv6; an empty host: every
+    interface; port 0: any free port)."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        colon = ""  # an IPv6 address must be bracketed
+    if not colon or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"must be HOST:PORT (port 0-65535, IPv6 in brackets), got {text!r}")
+    if any(char.isspace() for char in host) or _has_control(host):
+        raise ValueError(f"must be HOST:PORT without whitespace, got {text!r}")
+    return host, int(port)
+
+
+def _check_listen(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be None or a str, got {type(value).__name__}")
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise ValueError(f"{attribute.name} {exc}") from None
+
+
+def _check_public_url(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    _check_url(attribute.name, value, base=True)
+    assert isinstance(value, str)  # noqa: S101 - checked just above
+    if not value.isascii():  # callback URLs are sent as a header
+        raise ValueError(f"{attribute.name} must be ASCII (percent-encode the rest), got {value!r}")
 
 
 def _int_to_float(value: float) -> float:
@@ -247,6 +289,15 @@ class ControllerConfig:
     ca_bundle: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
     client_cert: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
     client_key: str | None = attrs.field(default=None, validator=_text(optional=True, empty=False))
+    # invoke_async: where callbacks are received, how long to wait for them, how many at once.
+    callback_listen: str | None = attrs.field(default=None, validator=_check_listen)
+    callback_public_url: str | None = attrs.field(
+        default=None, converter=_strip_slashes, validator=_check_public_url
+    )
+    callback_timeout: float | None = attrs.field(
+        default=600.0, converter=_opt_int_to_float, validator=_number(0, optional=True)
+    )
+    max_pending_async: int = attrs.field(default=1024, validator=_positive_int)
 
     def __attrs_post_init__(self) -> None:
         if self.client_key is not None and self.client_cert is None:
@@ -334,9 +385,18 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "asynchronous_invocation": parse_bool,
     **dict.fromkeys(("auth_invocations", "verify_tls"), parse_bool),
     **dict.fromkeys(("ca_bundle", "client_cert", "client_key"), str.strip),
+    **dict.fromkeys(("callback_listen", "callback_public_url"), str.strip),
+    "callback_timeout": _parse_timeout,
     "namespaces": _parse_names,
     **dict.fromkeys(
-        ("max_concurrency", "result_buffer", "max_response_bytes", "max_lookup_bytes"), _parse_int
+        (
+            "max_concurrency",
+            "result_buffer",
+            "max_response_bytes",
+            "max_lookup_bytes",
+            "max_pending_async",
+        ),
+        _parse_int,
     ),
     "max_waiting": _parse_int,
     "adaptive_concurrency": _parse_adaptive,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 import attrs
 
+from ._async_invoke import AsyncInvocations
+from ._callbacks import callback_headers
 from ._discovery import Discovery
 from ._dispatch import Dispatcher
 from ._drain import Drain
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     import httpx
     from typing_extensions import Self
 
+    from ._callback_app import CallbackApp
+    from ._callbacks import CallbackStats, PendingInvocation
     from ._config import ControllerConfig
     from ._dispatch import Job
     from ._message import Body
@@ -88,6 +92,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._drain = Drain()  # shutdown's bookkeeping: messages in progress
         self._counts = Counts()
         self._dispatch = Dispatcher(config, self._slots, self._hub, self._drain, self._counts)
+        self._async = AsyncInvocations(
+            config, slots=self._slots, hub=self._hub, counts=self._counts, dispatch=self._dispatch
+        )
         self._state: _State
         self._set_state(_State.NEW)
         self._session: _Session | None = None  # what exists only while running
@@ -117,6 +124,10 @@ class AsyncController(anyio.AsyncContextManagerMixin):
                     runtime = current_runtime()
                     invoker = self._invoker_for(client, runtime)
                     dispatch.start(invoker, runtime)
+                    async_route = attrs.evolve(self._config, async_invocation=True)
+                    await self._async.start(
+                        tg, self._invoker_for(client, runtime, async_route), runtime
+                    )
                     run_job = functools.partial(dispatch.fan_out, holding=True)  # no wrapper frame
                     workers = WorkerPool(runtime, run_job, self._config.max_concurrency)
                     await tg.start(workers.run)
@@ -153,18 +164,23 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             refusal = f"the controller is {state.value}; no new messages are accepted"
         self._dispatch.refusal = refusal
 
-    def _invoker_for(self, client: httpx.AsyncClient, runtime: Runtime) -> Invoker:
+    def _invoker_for(
+        self, client: httpx.AsyncClient, runtime: Runtime, config: ControllerConfig | None = None
+    ) -> Invoker:
         # A transport given by the user is used as it is, for invocations too (MockTransport,
         # respx, proxies, custom TLS); otherwise invocations take the lean HTTP/1.1 pool,
         # twenty to seventy times cheaper per call than httpx's, and lookups stay on httpx.
+        config = config or self._config
         if self._transport is not None:
-            return HttpxInvoker(client, self._config)
-        return FastInvoker(self._config, runtime)
+            return HttpxInvoker(client, config)
+        return FastInvoker(config, runtime)
 
     async def _shutdown(self, session: _Session, refresh_scope: anyio.CancelScope) -> None:
         self._set_state(_State.CLOSING)
         with anyio.CancelScope(shield=True):
+            deadline = anyio.current_time() + self._config.drain_timeout
             await self._drain.drain(self._config.drain_timeout, session.invoker.abort)
+            await self._async.shutdown(deadline)  # outstanding callbacks: the time left
             refresh_scope.cancel()
             self._dispatch.stop()
             session.workers.close()
@@ -234,6 +250,52 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._drain.busy += 1  # Drain.enter(), inlined: a method call costs 0.3% here
         session.workers.put(job)
         return len(job[1])
+
+    async def invoke_async(
+        self,
+        topic: str,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        context: object = None,
+    ) -> tuple[PendingInvocation, ...]:
+        """Invoke every function subscribed to ``topic`` asynchronously (``/async-function/``)
+        and return one `PendingInvocation` per function (in address order; empty when nothing
+        matched) once the gateway has accepted each request.
+
+        ``await pending.result()`` gives the function's result when its callback arrives; the
+        result also goes to every results stream. A request the gateway refuses (anything but
+        202) is a failed result at once. Needs a callback receiver: ``callback_listen`` (the
+        built-in server) or ``callback_public_url`` where `callback_app` is mounted. Waits
+        while ``max_pending_async`` invocations await their callbacks. ``X-Call-Id`` and
+        ``X-Callback-Url`` are set for each call and cannot be given in ``headers``.
+        """
+        return await self._async.invoke(topic, body, headers, context)
+
+    @property
+    def callback_app(self) -> CallbackApp:
+        """The callback receiver as a plain ASGI app, to mount in the web application that
+        serves ``callback_public_url`` (e.g. ``app.mount("/callbacks", controller.callback_app)``
+        in FastAPI or Starlette). It must run in the controller's event loop."""
+        return self._async.app
+
+    def handle_callback(self, path: str, headers: Mapping[str, str], body: bytes) -> int:
+        """Hand over one callback received by a web framework that is not ASGI (aiohttp):
+        its request path, headers and body. Returns the HTTP status to answer with (200, or
+        a 4xx when the callback was rejected); it never waits."""
+        pairs = [(str(name), str(value)) for name, value in headers.items()]
+        return self._async.registry.receive(path, callback_headers(pairs), body).status
+
+    @property
+    def callback_address(self) -> tuple[str, int] | None:
+        """The ``(host, port)`` the built-in callback server is bound to (the port chosen when
+        ``callback_listen`` gave 0); ``None`` when it is not running."""
+        return self._async.address
+
+    def callback_stats(self) -> CallbackStats:
+        """Counters of the callbacks received, accepted and rejected, and the invocations
+        still awaiting theirs."""
+        return self._async.registry.stats()
 
     def results(self) -> ResultStream:
         """Subscribe to every result produced from now on.

@@ -636,8 +636,13 @@ class FakeGateway:
     async def _invoke_async(
         self, route: Route, record: RecordedRequest, background: Background | None
     ) -> Outcome:
-        call_id, start_ns = str(uuid.uuid4()), time.time_ns()
-        faulted = await self._faulted(route, answers.gateway_headers(call_id, start_ns))
+        # Like the gateway, keep a call id the client gave (and, then, do not echo it).
+        given = record.headers.get("x-call-id")
+        call_id, start_ns = given or str(uuid.uuid4()), time.time_ns()
+        accepted = answers.gateway_headers(call_id, start_ns)
+        if given:
+            del accepted["X-Call-Id"]
+        faulted = await self._faulted(route, accepted)
         if faulted is not None:
             return self._count(route, faulted)
         if background is None:
@@ -659,7 +664,7 @@ class FakeGateway:
 
         self._pending += 1
         background.start_soon(run)
-        return FakeResponse(status=202, headers=answers.gateway_headers(call_id, start_ns))
+        return FakeResponse(status=202, headers=accepted)
 
     async def _complete_async(
         self, route: Route, record: RecordedRequest, call_id: str, background: Background
