@@ -88,7 +88,7 @@ class AsyncInvocations:
         self.address: tuple[str, int] | None = None  # the built-in server's, once bound
         self._invoker: Invoker | None = None
         self._queue: MemoryObjectSendStream[InvocationResult] | None = None
-        self._published = anyio.Event()
+        self._published: anyio.Event | None = None  # made by start(): it needs the loop
         self._scopes: list[anyio.CancelScope] = []  # the server's and the expiry loop's
         self._pauses: set[anyio.CancelScope] = set()  # retry waits
         self._busy = 0  # invoke_async calls in progress
@@ -104,7 +104,8 @@ class AsyncInvocations:
         self._queue, receive = anyio.create_memory_object_stream[InvocationResult](
             self._config.max_pending_async  # one result per entry at most: never full
         )
-        tg.start_soon(self._publish, receive)
+        published = self._published = anyio.Event()
+        tg.start_soon(self._publish, receive, published)
         if self._config.callback_timeout is not None:
             await tg.start(self._expire)
         if self._config.callback_listen is not None:
@@ -136,7 +137,9 @@ class AsyncInvocations:
                 with anyio.move_on_at(float("inf") if due is None else due):
                     await changed.wait()
 
-    async def _publish(self, receive: MemoryObjectReceiveStream[InvocationResult]) -> None:
+    async def _publish(
+        self, receive: MemoryObjectReceiveStream[InvocationResult], published: anyio.Event
+    ) -> None:
         """Hand each ended invocation's result to the results streams, then free its slot."""
         try:
             async with receive:
@@ -146,7 +149,7 @@ class AsyncInvocations:
                     finally:
                         self._pending_slots.release()
         finally:
-            self._published.set()
+            published.set()
 
     def _finished(self, result: InvocationResult) -> None:
         """An entry ended (the registry's hook; never waits)."""
@@ -192,7 +195,7 @@ class AsyncInvocations:
                 registry.cancel(entry, "cancelled at shutdown after drain_timeout, no callback")
             with anyio.move_on_after(_CANCEL_GRACE):
                 await self._idle.wait()
-        if self._queue is not None:
+        if self._queue is not None and self._published is not None:
             self._queue.close()
             with anyio.move_on_after(_CANCEL_GRACE):
                 await self._published.wait()
