@@ -616,13 +616,14 @@ class Chunks(httpx.AsyncByteStream):
 
 @asynccontextmanager
 async def serve_on(app: Any, listener: socket.socket, backend: str) -> AsyncIterator[None]:
-    """Serve an ASGI app on a bound socket: uvicorn on asyncio, hypercorn on trio."""
+    """Serve an ASGI app on a bound socket, lifespan included: uvicorn on asyncio, hypercorn
+    on trio."""
     async with anyio.create_task_group() as tg:
         if backend == "asyncio":
             import uvicorn
 
             server = uvicorn.Server(
-                uvicorn.Config(app, lifespan="off", log_config=None, access_log=False, http="h11")
+                uvicorn.Config(app, lifespan="on", log_config=None, access_log=False, http="h11")
             )
             tg.start_soon(server.serve, [listener])
             while not server.started:
