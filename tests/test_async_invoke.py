@@ -699,3 +699,64 @@ async def test_a_valid_token_for_a_forgotten_call_id_is_unknown_and_ended_ids_ar
     assert len(ended) == _REMEMBERED + 1
     stats = registry.stats()
     assert (stats.unknown, stats.late, stats.pending) == (2, 1, 0)
+
+
+# -- the FakeGateway's queue-worker behaviours ---------------------------------------------
+
+
+async def test_pro_retries_end_with_the_last_attempt() -> None:
+    calls = 0
+
+    def flaky(request: RecordedRequest) -> FakeResponse:
+        nonlocal calls
+        calls += 1
+        return FakeResponse(status=502 if calls < 3 else 200, body=f"try {calls}")
+
+    gateway = FakeGateway()
+    gateway.add_function("flaky", topics="t", handler=flaky)
+    gateway.add_function("down", topics="t", handler=FakeResponse(status=500))
+    gateway.set_callbacks("flaky", attempts=5)
+    gateway.set_callbacks("down", attempts=3)
+    async with gateway.serve() as url, make(url) as controller:
+        down, up = await controller.invoke_async("t", b"x")
+        with anyio.fail_after(10):
+            results = [await down.result(), await up.result()]
+            await settled(gateway)
+        stats = controller.callback_stats()
+    assert [(r.status, r.attempts, r.ok) for r in results] == [(500, 3, False), (200, 3, True)]
+    assert results[1].body == b"try 3"
+    assert results[1].headers["x-retry"] == "3"
+    assert (stats.attempts, stats.accepted, stats.duplicate) == (4, 2, 0)
+
+
+async def test_lost_duplicate_and_late_callbacks() -> None:
+    gateway = FakeGateway()
+    for name in ("lost", "twice", "late"):
+        gateway.add_function(name, topics=name)
+    gateway.set_callbacks("lost", lose=True)
+    gateway.set_callbacks("twice", duplicates=2)
+    gateway.set_callbacks("late", delay=1.0)
+    async with gateway.serve() as url, make(url) as controller:
+        (lost,) = await controller.invoke_async("lost", b"x")
+        (twice,) = await controller.invoke_async("twice", b"x")
+        (late,) = await controller.invoke_async("late", b"x")
+        late_result = await late.result(timeout=0)
+        with anyio.fail_after(10):
+            await settled(gateway)
+        lost_result = await lost.result(timeout=0)
+        twice_result = await twice.result()
+        stats = controller.callback_stats()
+    assert isinstance(lost_result.error, UpstreamTimeoutError)
+    assert isinstance(late_result.error, UpstreamTimeoutError)
+    assert twice_result.ok
+    assert (stats.accepted, stats.duplicate, stats.late, stats.timed_out) == (1, 2, 1, 2)
+
+
+def test_set_callbacks_checks_its_arguments() -> None:
+    gateway = FakeGateway()
+    with pytest.raises(ValueError, match="attempts"):
+        gateway.set_callbacks("f", attempts=0)
+    with pytest.raises(ValueError, match="duplicates"):
+        gateway.set_callbacks("f", duplicates=-1)
+    with pytest.raises(ValueError, match="delay"):
+        gateway.set_callbacks("f", delay=-1)

@@ -123,3 +123,30 @@ class SystemFault(_Fault):
     def matches(self, endpoint: SystemEndpoint) -> bool:
         """Whether this fault applies to a request for ``endpoint``."""
         return self.endpoint is None or self.endpoint == endpoint
+
+
+def _check_attempts(_instance: object, _attribute: object, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"attempts must be an int >= 1, got {value!r}")
+
+
+def _check_duplicates(_instance: object, _attribute: object, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"duplicates must be an int >= 0, got {value!r}")
+
+
+def _check_delay(_instance: object, _attribute: object, value: float) -> None:
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"delay must be a number of seconds >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class CallbackMode:
+    """How the queue-worker calls back for one function: retried attempts (OpenFaaS Pro), a
+    lost callback, duplicates, a delay."""
+
+    attempts: int = attrs.field(default=1, validator=_check_attempts)
+    retry_statuses: frozenset[int] = frozenset()
+    lose: bool = False
+    duplicates: int = attrs.field(default=0, validator=_check_duplicates)
+    delay: float = attrs.field(default=0.0, converter=float, validator=_check_delay)

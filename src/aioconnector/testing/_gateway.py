@@ -17,7 +17,7 @@ import httpx
 from . import _answers as answers
 from ._capacity import Capacity, Load
 from ._catalog import DEFAULT_NAMESPACE, Function, Route, address, check_name, parse_route
-from ._faults import FunctionFault, SystemEndpoint, SystemFault
+from ._faults import CallbackMode, FunctionFault, SystemEndpoint, SystemFault
 from ._models import FakeResponse, RecordedRequest
 from ._server import Server
 from ._transport import FakeTransport
@@ -47,9 +47,12 @@ class FakeGateway:
     - ``/function/{name}[.{ns}][/path][?query]``: the function's answer, plus the gateway's
       ``X-Call-Id``, ``X-Start-Time`` and ``X-Duration-Seconds`` headers; 404 for an unknown
       function;
-    - ``/async-function/{name}[.{ns}][/path]``: 202 with ``X-Call-Id`` at once; the function
-      then runs in the background of the front end that took the request, and its answer is
-      POSTed to ``X-Callback-Url`` when the request had one;
+    - ``/async-function/{name}[.{ns}][/path]``: 202 at once, with a new ``X-Call-Id`` unless
+      the request gave one (kept, not echoed, as the gateway does); the function then runs in
+      the background of the front end that took the request, and its answer is POSTed to
+      ``X-Callback-Url`` when the request had one, with the queue-worker's ``X-Call-Id``,
+      ``X-Function-Status``, ``X-Function-Name`` and ``X-Duration-Seconds`` headers
+      (:meth:`set_callbacks` adds retries, lost, duplicate and late callbacks);
     - anything else: 404.
 
     ``/system/*`` requires HTTP basic ``auth`` when it is set (401 with ``WWW-Authenticate``
@@ -103,6 +106,7 @@ class FakeGateway:
         self._functions: dict[tuple[str, str], Function] = {}
         self._faults: dict[str, FunctionFault] = {}  # by address
         self._system_faults: list[SystemFault] = []
+        self._callback_modes: dict[str, CallbackMode] = {}  # by address
         self._in_flight = 0
         self._invoking = 0
         self._pending = 0
@@ -318,10 +322,40 @@ class FakeGateway:
             )
         )
 
+    def set_callbacks(
+        self,
+        name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        attempts: int = 1,
+        retry_statuses: Iterable[int] = (408, 429, 500, 502, 503, 504),
+        lose: bool = False,
+        duplicates: int = 0,
+        delay: float = 0.0,
+    ) -> None:
+        """Change how the queue-worker calls back after an ``/async-function/`` invocation of
+        one function (until :meth:`clear_faults`).
+
+        ``attempts > 1`` acts as OpenFaaS Pro's queue-worker with retries: while the function
+        answers one of ``retry_statuses`` it is invoked again, up to ``attempts`` times, and
+        every attempt is called back with ``X-Retry`` (1, 2...) and ``X-Retry-Max``
+        (``attempts``). ``lose`` sends no callback at all; ``duplicates=N`` sends the last
+        callback N more times; ``delay`` waits that many seconds before each callback (a late
+        one).
+        """
+        self._callback_modes[address(name, namespace)] = CallbackMode(
+            attempts=attempts,
+            retry_statuses=frozenset(retry_statuses),
+            lose=lose,
+            duplicates=duplicates,
+            delay=delay,
+        )
+
     def clear_faults(self) -> None:
         """Remove every fault, of functions and of /system/ endpoints."""
         self._faults.clear()
         self._system_faults.clear()
+        self._callback_modes.clear()
 
     # -- observation ---------------------------------------------------------------------
 
@@ -669,20 +703,37 @@ class FakeGateway:
     async def _complete_async(
         self, route: Route, record: RecordedRequest, call_id: str, background: Background
     ) -> None:
-        response, duration = await self._call(route, record)
-        self._count(route, response)
-        callback_url = record.headers.get("x-callback-url")
-        if not callback_url:
-            return
-        headers = answers.merge(
-            response.headers,
-            {
-                "X-Call-Id": call_id,
-                "X-Function-Status": str(response.status),
-                "X-Function-Name": route.ref,
-                "X-Duration-Seconds": f"{duration:f}",
-            },
-        )
-        # Like the queue-worker, a failed callback is logged (here: not even) and forgotten.
-        with suppress(httpx.HTTPError, httpx.InvalidURL):
-            await background.client().post(callback_url, content=response.body, headers=headers)
+        mode = self._callback_modes.get(self._address(route), CallbackMode())
+        attempt = 0
+        while True:
+            attempt += 1
+            response, duration = await self._call(route, record)
+            self._count(route, response)
+            last = attempt >= mode.attempts or response.status not in mode.retry_statuses
+            callback_url = record.headers.get("x-callback-url")
+            if not callback_url or mode.lose:
+                if last:
+                    return
+                continue
+            headers = answers.merge(
+                response.headers,
+                {
+                    "X-Call-Id": call_id,
+                    "X-Function-Status": str(response.status),
+                    "X-Function-Name": route.ref,
+                    "X-Duration-Seconds": f"{duration:f}",
+                },
+            )
+            if mode.attempts > 1:  # OpenFaaS Pro's queue-worker, with retries
+                headers |= {"X-Retry": str(attempt), "X-Retry-Max": str(mode.attempts)}
+            for _ in range(1 + (mode.duplicates if last else 0)):
+                if mode.delay:
+                    await self._sleep(mode.delay)
+                # Like the queue-worker, a failed callback is logged (here: not even) and
+                # forgotten.
+                with suppress(httpx.HTTPError, httpx.InvalidURL):
+                    await background.client().post(
+                        callback_url, content=response.body, headers=headers
+                    )
+            if last:
+                return
