@@ -760,3 +760,16 @@ def test_set_callbacks_checks_its_arguments() -> None:
         gateway.set_callbacks("f", duplicates=-1)
     with pytest.raises(ValueError, match="delay"):
         gateway.set_callbacks("f", delay=-1)
+
+
+async def test_a_callback_port_in_use_is_an_error_naming_the_setting() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with taken:
+        async with kept_gateway(echo=None) as (_, _, url):
+            controller = make(url, callback_listen=f"127.0.0.1:{port}")
+            with pytest.raises(OSError, match=f"callback_listen='127.0.0.1:{port}'"):
+                async with controller:
+                    pass

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from anyio.abc import TaskGroup, TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+    from anyio.streams.memory import MemoryObjectSendStream
 
     from ._callbacks import PendingInvocation
     from ._config import ControllerConfig
@@ -101,11 +101,7 @@ class AsyncInvocations:
         """Start the publisher, the expiry loop and (with ``callback_listen``) the server."""
         self._invoker = invoker
         self.registry.clock = runtime.clock
-        self._queue, receive = anyio.create_memory_object_stream[InvocationResult](
-            self._config.max_pending_async  # one result per entry at most: never full
-        )
-        published = self._published = anyio.Event()
-        tg.start_soon(self._publish, receive, published)
+        await tg.start(self._publish)
         if self._config.callback_timeout is not None:
             await tg.start(self._expire)
         if self._config.callback_listen is not None:
@@ -137,12 +133,17 @@ class AsyncInvocations:
                 with anyio.move_on_at(float("inf") if due is None else due):
                     await changed.wait()
 
-    async def _publish(
-        self, receive: MemoryObjectReceiveStream[InvocationResult], published: anyio.Event
-    ) -> None:
-        """Hand each ended invocation's result to the results streams, then free its slot."""
+    async def _publish(self, *, task_status: TaskStatus[None]) -> None:
+        """Hand each ended invocation's result to the results streams, then free its slot.
+        The queue is made and closed here, so that it is closed however the task ends."""
+        send, receive = anyio.create_memory_object_stream[InvocationResult](
+            self._config.max_pending_async  # one result per entry at most: never full
+        )
+        published = self._published = anyio.Event()
+        self._queue = send
         try:
-            async with receive:
+            with send, receive:
+                task_status.started()
                 async for result in receive:
                     try:
                         await self._hub.publish(result)

@@ -40,7 +40,11 @@ class CallbackServer:
 
     async def run(self, *, task_status: TaskStatus[tuple[str, int]]) -> None:
         """Listen, report the bound ``(host, port)`` through ``task_status``, serve."""
-        listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
+        except OSError as exc:  # say which setting: the gateway's address is also in play
+            where = f"{self._host or ''}:{self._port}"
+            raise OSError(exc.errno, f"callback_listen={where!r}: {exc.strerror}") from exc
         async with listener:
             first = listener.listeners[0]
             host = str(first.extra(SocketAttribute.local_address)[0])
