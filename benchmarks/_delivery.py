@@ -440,7 +440,8 @@ async def run_outage(job: Job) -> Row:
     # The budget's window ending with the outage: first attempts in it allow retries.
     submitted = traffic.submitted.get(FLAKY, [])
     in_window = sum(1 for t in submitted if outage.end - budget.window <= t < outage.end)
-    allowance = budget.ratio * in_window + budget.minimum
+    # A retry is allowed while fewer than ratio x firsts + minimum were made: up to the ceiling.
+    allowance = math.ceil(budget.ratio * in_window + budget.minimum)
     ok = sum(r.ok for r in traffic.results)
     recovery = _recovery(traffic, outage, rate)
     function = state.per_function.get(address(FLAKY))

@@ -32,7 +32,8 @@ TITLES: Final = {
     "imported = VmRSS in the event loop before entering the controller",
     "g1": "g1: overload, {g_messages:,} messages submitted at once to a function with "
     "max_inflight={g_max_inflight} (429 beyond it), max_concurrency={g_c}, default retry "
-    "policy and budget; 429s after 1 s = share of the requests after the first second",
+    "policy and budget; msg/s = results (ok or failed) per second; 429s after 1 s = share of "
+    "the requests after the first second; p99 = time to the result of a successful message",
     "g2": "g2: mixed, a fast function ({g_fast_rate:.0f} msg/s offered) next to that slow one "
     "({g_slow_rate:.0f} msg/s offered, more than it takes) for {g_duration} s; throughput and "
     "latency (from when each message was due) of the fast one, against its solo run",
@@ -249,6 +250,7 @@ COLUMNS["g1"] = [
     ("retries", lambda r: _int(r["retries"])),
     ("denied", lambda r: _int(r.get("denied_retries"))),
     ("msg/s", lambda r: _num(r["msg_per_s"], 0)),
+    ("ok/s", lambda r: _num(r.get("ok_per_s"), 0)),
     ("p99 ms", lambda r: _ms(r.get("p99_ms"))),
     ("peak in flight", lambda r: _int(r.get("peak_inflight"))),
     ("limit at end", lambda r: _num(r.get("final_limit"), 1)),

@@ -54,6 +54,7 @@ SCENARIOS: Final = ("a", "b", "c", "d", "e", "f", "g")
 #: Scenario g measures behaviour, not speed: asyncio and trio (uvloop behaves as asyncio).
 POLICY_BACKENDS: Final = ("asyncio", "trio")
 POLICY_PARTS: Final = (1, 2, 3)
+POLICY_MODES: Final = ("fixed", "adaptive")
 #: (client, mode) measured per scenario.
 _LOOPING: Final = (("raw", "loop"), ("httpx", "loop"))
 # The httpx path is measured with invoke only: it is the baseline, and its windows are slow.
@@ -261,13 +262,20 @@ def build_jobs(
 ) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     s = settings
-    policy = policy or {"parts": list(POLICY_PARTS), "adaptive": {}, "max_waiting": 1024}
+    policy = policy or {
+        "parts": list(POLICY_PARTS),
+        "modes": list(POLICY_MODES),
+        "adaptive": {},
+        "max_waiting": 1024,
+    }
     for scenario in scenarios:
         for backend in backends:
             if scenario == "g" and backend not in POLICY_BACKENDS:
                 continue
             for client, mode in _plan(scenario, go_peer):
                 if client not in clients and client != _gopeer.CLIENT:
+                    continue
+                if scenario == "g" and mode not in policy["modes"]:
                     continue
                 job: dict[str, Any] = {
                     "scenario": scenario,
@@ -466,6 +474,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="scenario g's parts: 1 overload, 2 mixed, 3 outage (default: 1,2,3)",
     )
     parser.add_argument(
+        "--policy",
+        type=lambda t: _names(t, POLICY_MODES, "--policy"),
+        default=list(POLICY_MODES),
+        help="scenario g's policies: fixed, adaptive (default: both)",
+    )
+    parser.add_argument(
         "--adaptive",
         type=_adaptive_options,
         default={},
@@ -587,7 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     if not backends:
         print("no backend to run", file=sys.stderr)
         return 2
-    policy = {"parts": args.parts, "adaptive": args.adaptive, "max_waiting": args.max_waiting}
+    policy = {
+        "parts": args.parts,
+        "modes": args.policy,
+        "adaptive": args.adaptive,
+        "max_waiting": args.max_waiting,
+    }
     jobs = build_jobs(args.scenario, backends, args.client, settings, args.go_peer, policy=policy)
 
     started = time.monotonic()
