@@ -408,18 +408,26 @@ def _adaptive_options(text: str) -> dict[str, Any]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, sep, value = part.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"--adaptive: expected NAME=VALUE, got {part!r}")
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {part!r}")
         try:
             options[name.strip()] = None if value == "None" else json.loads(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--adaptive: {name}: not a number: {value!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{name}: not a number: {value!r}") from None
     try:
         AdaptiveConcurrency(**options)
     except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"--adaptive: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return options
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -489,7 +497,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-waiting",
-        type=int,
+        type=_positive,
         default=1024,
         help="scenario g: ControllerConfig.max_waiting (default: 1024, the config's default)",
     )
