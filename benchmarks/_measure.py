@@ -402,12 +402,20 @@ async def run_added_latency(job: Job) -> None:
         )
 
 
+async def run_policy(job: Job) -> None:
+    """Scenario g (``_delivery.py``): imported here, so other children do without it."""
+    from _delivery import run_delivery  # noqa: PLC0415
+
+    await run_delivery(job)
+
+
 RUNNERS: Final = {
     "a": run_throughput,
     "b": run_throughput,
     "c": run_latency_bound,
     "d": run_memory,
     "e": run_added_latency,
+    "g": run_policy,
 }
 
 

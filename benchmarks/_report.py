@@ -30,6 +30,16 @@ TITLES: Final = {
     "f": "f: idle, a connector that has built its topic map and waits for messages "
     "(max_concurrency={idle_c}); running = VmRSS after {idle_s} s idle (the Go peer's too), "
     "imported = VmRSS in the event loop before entering the controller",
+    "g1": "g1: overload, {g_messages:,} messages submitted at once to a function with "
+    "max_inflight={g_max_inflight} (429 beyond it), max_concurrency={g_c}, default retry "
+    "policy and budget; msg/s = results (ok or failed) per second; 429s after 1 s = share of "
+    "the requests after the first second; p99 = time to the result of a successful message",
+    "g2": "g2: mixed, a fast function ({g_fast_rate:.0f} msg/s offered) next to that slow one "
+    "({g_slow_rate:.0f} msg/s offered, more than it takes) for {g_duration} s; throughput and "
+    "latency (from when each message was due) of the fast one, against its solo run",
+    "g3": "g3: outage, a function offered {g_outage_rate:.0f} msg/s goes down for {g_outage} s "
+    "({g_status}) and comes back; retries in the outage against the budget (ratio x first "
+    "attempts in the window + minimum); recovery = until successes stay >= 90% of the rate",
 }
 
 
@@ -95,6 +105,10 @@ def _ratio(value: Any) -> str:
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _pct1(value: Any) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
 
 
 def _note(row: Row) -> str:
@@ -201,13 +215,90 @@ COLUMNS: Final[dict[str, list[Column]]] = {
         ("note", _note),
     ],
 }
+_POLICY_LEAD: Final[list[Column]] = [
+    ("backend", lambda r: r["backend"]),
+    ("policy", lambda r: r["mode"]),
+]
+
+
+def _policy_note(row: Row) -> str:
+    notes = []
+    if row.get("error"):
+        notes.append(str(row["error"]))
+    if row.get("adaptive"):
+        notes.append(",".join(f"{k}={v}" for k, v in row["adaptive"].items()))
+    if row.get("max_waiting") not in (None, 1024):
+        notes.append(f"max_waiting={row['max_waiting']}")
+    return ", ".join(notes)
+
+
+def _int(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _ms(value: Any) -> str:
+    return _num(value, 1)
+
+
+COLUMNS["g1"] = [
+    *_POLICY_LEAD,
+    ("messages", lambda r: _int(r["messages"])),
+    ("failed", lambda r: _int(r["failed"])),
+    ("requests", lambda r: _int(r["requests"])),
+    ("429s", lambda r: _int(r["throttled"])),
+    ("429s after 1 s", lambda r: _pct1(r.get("throttled_share_after_1s"))),
+    ("retries", lambda r: _int(r["retries"])),
+    ("denied", lambda r: _int(r.get("denied_retries"))),
+    ("msg/s", lambda r: _num(r["msg_per_s"], 0)),
+    ("ok/s", lambda r: _num(r.get("ok_per_s"), 0)),
+    ("p99 ms", lambda r: _ms(r.get("p99_ms"))),
+    ("peak in flight", lambda r: _int(r.get("peak_inflight"))),
+    ("limit at end", lambda r: _num(r.get("final_limit"), 1)),
+    ("note", _policy_note),
+]
+COLUMNS["g2"] = [
+    *_POLICY_LEAD,
+    ("fast solo/s", lambda r: _num(r.get("solo_fast_per_s"), 0)),
+    ("fast mixed/s", lambda r: _num(r.get("fast_per_s"), 0)),
+    ("of solo", lambda r: _pct(r.get("fast_share_of_solo"))),
+    ("p99 solo ms", lambda r: _ms(r.get("solo_p99_ms"))),
+    ("p99 mixed ms", lambda r: _ms(r.get("fast_p99_ms"))),
+    ("p99 vs solo", lambda r: _ratio(r.get("p99_vs_solo"))),
+    ("fast failed", lambda r: _int(r.get("fast_failed"))),
+    ("slow ok", lambda r: _int(r.get("slow_succeeded"))),
+    ("slow failed", lambda r: _int(r.get("slow_failed"))),
+    ("slow 429s", lambda r: _int(r.get("slow_throttled"))),
+    ("note", _policy_note),
+]
+COLUMNS["g3"] = [
+    *_POLICY_LEAD,
+    ("messages", lambda r: _int(r["messages"])),
+    ("failed", lambda r: _int(r["failed"])),
+    ("outage requests", lambda r: _int(r["outage_requests"])),
+    ("first attempts", lambda r: _int(r["outage_first_attempts"])),
+    ("retries", lambda r: _int(r["outage_retries"])),
+    ("budget", lambda r: _num(r["budget_allowance"], 0)),
+    ("load x", lambda r: _ratio(r.get("load_factor"))),
+    ("ok/s before", lambda r: _num(r.get("ok_per_s_before"), 0)),
+    ("recovery s", lambda r: "never" if r["recovery_s"] is None else _num(r["recovery_s"], 1)),
+    ("note", _policy_note),
+]
 COLUMNS["b"] = COLUMNS["a"]
 #: How many leading columns are text (left-aligned); the others are right-aligned.
-_TEXT_COLUMNS: Final = {"c": 4, "f": 2}
+_TEXT_COLUMNS: Final = {"c": 4, "f": 2, "g1": 2, "g2": 2, "g3": 2}
+_POLICY_ORDER: Final = ("fixed", "adaptive")
+
+
+def table_key(row: Row) -> str:
+    """Which table a row goes to: its scenario, or for g its part (g1, g2, g3)."""
+    return f"g{row['part']}" if row["scenario"] == "g" else str(row["scenario"])
 
 
 def _order(row: Row) -> tuple[Any, ...]:
     backend = BACKENDS.index(row["backend"]) if row["backend"] in BACKENDS else 9
+    if row["scenario"] == "g":
+        mode = _POLICY_ORDER.index(row["mode"]) if row["mode"] in _POLICY_ORDER else 9
+        return (backend, mode, str(row.get("adaptive")))
     return (
         row["case"] != "one-loop",
         backend,
@@ -250,7 +341,9 @@ def _target(
     else:
         factor = value / threshold if at_least else (threshold / value if value > 0 else 1000.0)
         status = "met" if factor >= 1 else "missed"
-    where = f"{row['backend']} {row['mode']} C={row['concurrency']}"
+    where = f"{row['backend']} {row['mode']}"
+    if row["scenario"] != "g":
+        where += f" C={row['concurrency']}"
     return {
         "target": text,
         "where": where,
@@ -263,12 +356,106 @@ def _target(
     }
 
 
+#: Scenario g, part 2: "p99 unaffected" read as at most this many times the solo run's p99.
+P99_UNAFFECTED: Final = 2.0
+
+
+def _policy_targets(row: Row) -> list[Row]:
+    """Issue 12's targets for scenario g: part 1 with adaptive, parts 2 and 3 for both."""
+    found: list[Row] = []
+    part = row["part"]
+    if part == 1 and row["mode"] == "adaptive":
+        failed = row["failed"]
+        found.append(
+            _target(
+                "g1: adaptive, no failed result",
+                row,
+                float(failed),
+                0.0,
+                at_least=False,
+                shown=f"{failed} failed of {row['messages']:,}",
+            )
+        )
+        share = row.get("throttled_share_after_1s")
+        if share is not None:
+            found.append(
+                _target(
+                    "g1: adaptive, 429s < 5% of requests after the first second",
+                    row,
+                    share,
+                    0.05,
+                    at_least=False,
+                    shown=f"{share * 100:.1f}% 429s after 1 s",
+                )
+            )
+    elif part == 2:
+        share = row.get("fast_share_of_solo")
+        found.append(
+            _target(
+                "g2: the fast function keeps >= 90% of its solo throughput",
+                row,
+                share,
+                0.9,
+                at_least=True,
+                shown="-" if share is None else f"{share * 100:.0f}% of solo",
+            )
+        )
+        ratio = row.get("p99_vs_solo")
+        found.append(
+            _target(
+                f"g2: the fast function's p99 unaffected (<= {P99_UNAFFECTED:g}x solo)",
+                row,
+                ratio,
+                P99_UNAFFECTED,
+                at_least=False,
+                shown="-"
+                if ratio is None
+                else f"p99 {row['fast_p99_ms']:.1f} ms vs {row['solo_p99_ms']:.1f} ms solo",
+            )
+        )
+    elif part == 3:
+        retries, allowance = row["outage_retries"], row["budget_allowance"]
+        found.append(
+            _target(
+                "g3: retries during the outage <= the retry budget",
+                row,
+                float(retries),
+                allowance,
+                at_least=False,
+                shown=f"{retries} retries, budget {allowance:.0f}",
+            )
+        )
+        recovery = row["recovery_s"]
+        target = _target(
+            "g3: full throughput within 2 s of recovery",
+            row,
+            recovery,
+            2.0,
+            at_least=False,
+            shown="not within the run" if recovery is None else f"{recovery:.1f} s",
+        )
+        if recovery is None:
+            target["status"] = "missed"
+        found.append(target)
+    return found
+
+
 def evaluate_targets(rows: list[Row]) -> list[Row]:
     """The issue's targets, for the default aioconnector path (reported, never asserted)."""
-    mine = [r for r in rows if r["client"] == "aioconnector" and not r.get("error")]
     found: list[Row] = []
+    for row in rows:  # a stalled run of g misses its targets: it did not deliver
+        if row["scenario"] == "g" and row.get("error"):
+            stalled = _target(
+                f"g{row['part']}: every target", row, None, 0, at_least=True, shown=""
+            )
+            found.append(stalled | {"status": "missed", "shown": str(row["error"])})
+        elif row["scenario"] == "g" and row["client"] == "aioconnector":
+            found += _policy_targets(row)
+    mine = [r for r in rows if r["client"] == "aioconnector" and not r.get("error")]
     for row in mine:
         scenario, backend = row["scenario"], row["backend"]
+        if scenario == "g":
+            continue
         if scenario == "a" and row["concurrency"] == 64:
             if backend in ("asyncio", "uvloop") and row.get("vs_raw") is not None:
                 found.append(
@@ -390,7 +577,7 @@ def print_report(
     if meta.get("go_peer"):
         print(f"Go peer: {meta['go_peer']} (connector-sdk; RSS: its peak, VmHWM; in f, VmRSS)\n")
     for scenario in TITLES:
-        mine = [r for r in rows if r["scenario"] == scenario]
+        mine = [r for r in rows if table_key(r) == scenario]
         if mine:
             print(table(scenario, mine, context))
     text = targets_text(targets)

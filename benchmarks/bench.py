@@ -12,7 +12,10 @@ Scenarios (each on asyncio, uvloop when installed, and trio):
 - c: latency-bound (stub delay 50 ms): one consumer loop on the fan-out topic, and C in flight;
 - d: memory with 10,000 invocations in flight (stub delay 1 s);
 - e: added latency at 100 invocations/s, over the raw client's (= the stub's own) latency;
-- f: idle RSS of a running controller (topic map built, no message), and with the library imported.
+- f: idle RSS of a running controller (topic map built, no message), and with the library imported;
+- g: delivery policy, fixed bound vs adaptive concurrency (asyncio and trio only), against an
+  in-process ``FakeGateway``: 1. a function with ``max_inflight=4`` flooded, 2. that function
+  and a fast one on two topics, 3. a 5 s outage under steady load (``_delivery.py``).
 
 Clients, all measured in the same run: ``raw`` (a minimal HTTP/1.1 keep-alive client: the
 ceiling), ``httpx`` (a bare ``AsyncClient`` with ``Limits(C, C)``), ``aioconnector``
@@ -47,7 +50,11 @@ SRC: Final = HERE.parent / "src"
 STUB: Final = HERE / "stub_server.py"
 IDLE_CHILD: Final = HERE / "_idle.py"  # scenario f's aioconnector child: lean on purpose
 DEFAULT_OUTPUT: Final = HERE / "results.json"
-SCENARIOS: Final = ("a", "b", "c", "d", "e", "f")
+SCENARIOS: Final = ("a", "b", "c", "d", "e", "f", "g")
+#: Scenario g measures behaviour, not speed: asyncio and trio (uvloop behaves as asyncio).
+POLICY_BACKENDS: Final = ("asyncio", "trio")
+POLICY_PARTS: Final = (1, 2, 3)
+POLICY_MODES: Final = ("fixed", "adaptive")
 #: (client, mode) measured per scenario.
 _LOOPING: Final = (("raw", "loop"), ("httpx", "loop"))
 # The httpx path is measured with invoke only: it is the baseline, and its windows are slow.
@@ -73,6 +80,7 @@ PLAN: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("aioconnector+httpx", "invoke"),
     ),
     "f": (("aioconnector", "idle"),),  # raw and bare httpx hold no topic map: nothing to compare
+    "g": (("aioconnector", "fixed"), ("aioconnector", "adaptive")),
 }
 
 
@@ -94,6 +102,22 @@ class Settings:
     latency_rate: float = 100.0
     idle_concurrency: int = 64  # max_concurrency of the idle controller (the config's default)
     idle_wait: float = 0.5  # seconds idle after entering, before RSS is read (f)
+    # g: delivery policy (see _delivery.py)
+    policy_concurrency: int = 64
+    overload_messages: int = 2_000
+    slow_max_inflight: int = 4
+    slow_base: float = 0.01
+    slow_per_inflight: float = 0.002
+    fast_base: float = 0.002
+    fast_rate: float = 400.0  # offered to the fast function (2)
+    slow_rate: float = 400.0  # offered to the slow one: more than it can take (2)
+    mixed_duration: float = 3.0
+    flaky_base: float = 0.01
+    outage_rate: float = 300.0
+    outage_before: float = 2.0
+    outage: float = 5.0
+    outage_after: float = 4.0
+    outage_status: int = 503
 
 
 QUICK: Final = Settings(
@@ -109,6 +133,14 @@ QUICK: Final = Settings(
     memory_delay=1.0,
     memory_cap=5.0,
     latency_calls=30,
+    overload_messages=100,
+    fast_rate=200.0,
+    slow_rate=200.0,
+    mixed_duration=0.5,
+    outage_rate=100.0,
+    outage_before=0.5,
+    outage=0.5,
+    outage_after=0.6,
 )
 
 
@@ -188,19 +220,62 @@ def _plan(scenario: str, go_peer: Path | None) -> tuple[tuple[str, str], ...]:
     return (*plan[:split], (_gopeer.CLIENT, mode), *plan[split:])
 
 
+def _policy_job(s: Settings, policy: dict[str, Any]) -> dict[str, Any]:
+    """Scenario g's settings for its child; ``policy``: parts, adaptive options, max_waiting."""
+    job = {
+        "delay": None,  # no stub: the child serves a FakeGateway itself
+        "max_concurrency": s.policy_concurrency,
+        "overload_messages": s.overload_messages,
+        "slow_max_inflight": s.slow_max_inflight,
+        "slow_base": s.slow_base,
+        "slow_per_inflight": s.slow_per_inflight,
+        "fast_base": s.fast_base,
+        "fast_rate": s.fast_rate,
+        "slow_rate": s.slow_rate,
+        "mixed_duration": s.mixed_duration,
+        "flaky_base": s.flaky_base,
+        "outage_rate": s.outage_rate,
+        "outage_before": s.outage_before,
+        "outage": s.outage,
+        "outage_after": s.outage_after,
+        "outage_status": s.outage_status,
+        **policy,
+    }
+    # Part 1 at the slow function's ~250 msg/s, part 2 twice (solo, mixed) and its drain,
+    # part 3 as long as its load: generous, for a loaded machine.
+    parts = policy["parts"]
+    seconds = (s.overload_messages / 50 if 1 in parts else 0) + 60
+    seconds += 4 * s.mixed_duration + 30 if 2 in parts else 0
+    seconds += s.outage_before + s.outage + s.outage_after + 30 if 3 in parts else 0
+    job["timeout"] = seconds
+    return job
+
+
 def build_jobs(
     scenarios: list[str],
     backends: list[str],
     clients: list[str],
     settings: Settings,
     go_peer: Path | None = None,
+    *,
+    policy: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
     s = settings
+    policy = policy or {
+        "parts": list(POLICY_PARTS),
+        "modes": list(POLICY_MODES),
+        "adaptive": {},
+        "max_waiting": 1024,
+    }
     for scenario in scenarios:
         for backend in backends:
+            if scenario == "g" and backend not in POLICY_BACKENDS:
+                continue
             for client, mode in _plan(scenario, go_peer):
                 if client not in clients and client != _gopeer.CLIENT:
+                    continue
+                if scenario == "g" and mode not in policy["modes"]:
                     continue
                 job: dict[str, Any] = {
                     "scenario": scenario,
@@ -224,6 +299,8 @@ def build_jobs(
                 elif scenario == "d":
                     job |= {"delay": s.memory_delay, "in_flight": s.in_flight}
                     job |= {"cap": s.memory_cap, "timeout": s.memory_cap + 120}
+                elif scenario == "g":
+                    job |= _policy_job(s, policy)
                 elif scenario == "f":
                     job |= {"delay": 0.0, "concurrency": s.idle_concurrency}
                     job |= {"idle": s.idle_wait, "timeout": s.idle_wait + 60}
@@ -284,6 +361,8 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             parts.append(f"{row['in_flight_max']:,} in flight, {kib}")
         elif row["scenario"] == "e":
             parts.append(f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
+        elif row["scenario"] == "g":
+            parts.append(_policy_summary(row))
         elif row["scenario"] == "f":
             imported = row.get("rss_imported_mib")
             before = "" if imported is None else f"imported {imported:.1f} MiB, "
@@ -291,6 +370,18 @@ def _summary(rows: list[dict[str, Any]]) -> str:
         else:
             parts.append(f"{row['case'][:3]} C={row['concurrency']} {row['inv_per_s']:,.0f} inv/s")
     return "; ".join(parts)
+
+
+def _policy_summary(row: dict[str, Any]) -> str:
+    if row["part"] == 1:
+        return f"1: {row['failed']} failed, {row['throttled']} 429s, {row['msg_per_s']:.0f} msg/s"
+    if row["part"] == 2:
+        share = row["fast_share_of_solo"]
+        shown = "-" if share is None else f"{share * 100:.0f}%"
+        return f"2: fast {shown} of solo, p99 {row['fast_p99_ms'] or 0:.1f} ms"
+    recovery = row["recovery_s"]
+    back = "never" if recovery is None else f"{recovery:.1f} s"
+    return f"3: {row['outage_retries']} retries in outage, recovered {back}"
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -302,6 +393,41 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"{what}: choose among {', '.join(allowed)}")
     return list(dict.fromkeys(names))
+
+
+def _parts(text: str) -> list[int]:
+    names = _names(text, tuple(map(str, POLICY_PARTS)), "--parts")
+    return sorted(int(name) for name in names)
+
+
+def _adaptive_options(text: str) -> dict[str, Any]:
+    """``initial=4,hold=0``: AdaptiveConcurrency's fields, checked by building one."""
+    from aioconnector import AdaptiveConcurrency  # noqa: PLC0415  (after the path fix)
+
+    options: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {part!r}")
+        try:
+            options[name.strip()] = None if value == "None" else json.loads(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: not a number: {value!r}") from None
+    try:
+        AdaptiveConcurrency(**options)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return options
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -325,7 +451,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenario",
         type=lambda t: _names(t, SCENARIOS, "--scenario"),
         default=list(SCENARIOS),
-        help="comma-separated, among a,b,c,d,e,f (default: all)",
+        help="comma-separated, among a,b,c,d,e,f,g (default: all)",
     )
     parser.add_argument(
         "--backend",
@@ -349,6 +475,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-delay", type=float, help="stub delay in seconds (d)")
     parser.add_argument("--memory-cap", type=float, help="time cap in seconds (d)")
     parser.add_argument("--latency-calls", type=int, help="paced calls (e)")
+    parser.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(POLICY_PARTS),
+        help="scenario g's parts: 1 overload, 2 mixed, 3 outage (default: 1,2,3)",
+    )
+    parser.add_argument(
+        "--policy",
+        type=lambda t: _names(t, POLICY_MODES, "--policy"),
+        default=list(POLICY_MODES),
+        help="scenario g's policies: fixed, adaptive (default: both)",
+    )
+    parser.add_argument(
+        "--adaptive",
+        type=_adaptive_options,
+        default={},
+        metavar="NAME=VALUE,...",
+        help="scenario g: AdaptiveConcurrency's fields for the adaptive runs, e.g. "
+        "initial=4,hold=0,max_hold=0 (default: its defaults)",
+    )
+    parser.add_argument(
+        "--max-waiting",
+        type=_positive,
+        default=1024,
+        help="scenario g: ControllerConfig.max_waiting (default: 1024, the config's default)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -408,6 +560,37 @@ def _child(job: dict[str, Any]) -> None:
     child_main(job)
 
 
+def _start_stubs(jobs: list[dict[str, Any]], stubs: dict[float, Stub], *, uvloop: bool) -> None:
+    """One stub per delay the jobs need, the port in each job (g serves its own gateway)."""
+    for job in jobs:
+        delay = job["delay"]
+        if delay is None:
+            continue
+        if delay not in stubs:
+            stubs[delay] = Stub(delay, uvloop=uvloop)
+        job |= {"port": stubs[delay].port, "stub_pid": stubs[delay].process.pid}
+
+
+def _context(settings: Settings) -> dict[str, Any]:
+    """The settings the report's titles quote."""
+    return {
+        "delay_ms": round(settings.latency_delay * 1000),
+        "delay_s": settings.memory_delay,
+        "rate": round(settings.latency_rate),
+        "idle_c": settings.idle_concurrency,
+        "idle_s": settings.idle_wait,
+        "g_messages": settings.overload_messages,
+        "g_max_inflight": settings.slow_max_inflight,
+        "g_c": settings.policy_concurrency,
+        "g_fast_rate": settings.fast_rate,
+        "g_slow_rate": settings.slow_rate,
+        "g_duration": settings.mixed_duration,
+        "g_outage_rate": settings.outage_rate,
+        "g_outage": settings.outage,
+        "g_status": settings.outage_status,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     if not _installed("aioconnector") and (SRC / "aioconnector").is_dir():
         sys.path.insert(0, str(SRC))  # run from a checkout without installing
@@ -426,7 +609,13 @@ def main(argv: list[str] | None = None) -> int:
     if not backends:
         print("no backend to run", file=sys.stderr)
         return 2
-    jobs = build_jobs(args.scenario, backends, args.client, settings, args.go_peer)
+    policy = {
+        "parts": args.parts,
+        "modes": args.policy,
+        "adaptive": args.adaptive,
+        "max_waiting": args.max_waiting,
+    }
+    jobs = build_jobs(args.scenario, backends, args.client, settings, args.go_peer, policy=policy)
 
     started = time.monotonic()
     load_before = load_average()
@@ -434,11 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     failures: list[str] = []
     try:
-        for job in jobs:
-            delay = job["delay"]
-            if delay not in stubs:
-                stubs[delay] = Stub(delay, uvloop=have["uvloop"])
-            job |= {"port": stubs[delay].port, "stub_pid": stubs[delay].process.pid}
+        _start_stubs(jobs, stubs, uvloop=have["uvloop"])
         for number, job in enumerate(jobs, 1):
             label = f"{job['scenario']} {job['backend']} {job['client']} {job['mode']}"
             print(f"[{number}/{len(jobs)}] {label} ...", end="", file=sys.stderr, flush=True)
@@ -469,18 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         "pinned": {"stub": sorted(STUB_CPUS), "clients": sorted(CLIENT_CPUS)},
         "settings": asdict(settings),
         "scenarios": args.scenario,
+        "policy": policy if "g" in args.scenario else None,
         "backends": backends,
         "clients": args.client,
     }
     if args.go_peer is not None:
         meta["go_peer"] = str(args.go_peer)
-    context = {
-        "delay_ms": round(settings.latency_delay * 1000),
-        "delay_s": settings.memory_delay,
-        "rate": round(settings.latency_rate),
-        "idle_c": settings.idle_concurrency,
-        "idle_s": settings.idle_wait,
-    }
+    context = _context(settings)
     print_report(rows, targets, failures, meta, context)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     document = {"meta": meta, "rows": rows, "targets": targets, "failures": failures}
