@@ -204,8 +204,9 @@ class Lane:
         self._last_decrease = now
         self._slow_start = False
         refused = int(self.limit)
-        if refused >= self._ceiling:
-            # A probe refused again: probe this cap less and less often.
+        if self._low < refused >= self._ceiling:
+            # A probe refused again: probe this cap less and less often. (Not at the lowest
+            # limit: refusals there mean an outage, and recovery must not wait for it.)
             self._hold = self._hold_next
             self._hold_next = min(adaptive.max_hold, self._hold_next * 2)
         else:
