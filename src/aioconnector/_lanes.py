@@ -165,8 +165,8 @@ class Lane:
             self.wake()
 
     def _succeeded(self, in_flight: int) -> None:
-        if in_flight * 2 < self.limit:
-            return  # the limit was not what held the function back: nothing learnt
+        if in_flight * 2 < self.limit or self.limit >= self._high:
+            return  # the limit did not hold the function back, or cannot grow: nothing learnt
         adaptive = self._adaptive
         assert adaptive is not None  # noqa: S101 - only called when adaptive
         if self._slow_start:
