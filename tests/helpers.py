@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -29,3 +29,22 @@ class Wire:
         config.setdefault("startup_timeout", 5.0)
         transport = None if self.transport is None else self.transport()
         return AsyncController(ControllerConfig(**config), transport=transport)
+
+
+class RecordingEnviron(Mapping[str, str]):
+    """An environment that notes every variable looked up in it: what reads it must look
+    variables up, never list them."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("environment variables should be looked up, not listed")
+
+    def __len__(self) -> int:
+        return len(self._values)

@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from aioconnector.connectors._settings import (
     option_rows,
 )
 from aioconnector.testing import FakeGateway
+
+from .helpers import RecordingEnviron
 
 BROKERS = sorted(CONNECTORS)
 CLIENT_MODULES = ("nats", "redis", "aio_pika", "aiormq", "aiomqtt", "paho", "asyncpg")
@@ -49,24 +51,6 @@ def _python(
         timeout=30,
         check=False,
     )
-
-
-class RecordingEnviron(Mapping[str, str]):
-    """An environment that notes every variable looked up in it."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self._values = values
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        raise AssertionError("settings should look variables up, not list them")
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 def variables_read(connector: Connector[Any], secrets: Path) -> set[str]:

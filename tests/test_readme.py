@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
 import attrs
 
 from aioconnector import ControllerConfig
+
+from .helpers import RecordingEnviron
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -50,31 +52,13 @@ def _configuration_table() -> tuple[set[str], set[str]]:
     return fields, variables
 
 
-class _RecordingEnviron(Mapping[str, str]):
-    """An environment that notes every variable looked up in it."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        self._values = values
-        self.asked: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        self.asked.add(key)
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        raise AssertionError("from_env should look variables up, not list them")
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
 def _variables_from_env_reads(secrets: Path) -> set[str]:
     (secrets / "basic-auth-user").write_text("user")
     (secrets / "basic-auth-password").write_text("password")
     asked: set[str] = set()
     # Empty, then with basic_auth on: some variables are read only when another is set.
     for values in ({}, {"basic_auth": "true", "secret_mount_path": str(secrets)}):
-        environ = _RecordingEnviron(values)
+        environ = RecordingEnviron(values)
         ControllerConfig.from_env(environ)
         asked |= environ.asked
     return asked
