@@ -20,6 +20,7 @@ from ._callback_app import CallbackApp
 from ._callback_server import CallbackServer
 from ._callbacks import CallbackRegistry
 from ._config import parse_listen
+from ._dispatch import for_function
 from ._errors import ControllerStateError, UpstreamStatusError
 from ._invoke import Invocation
 from ._results import InvocationResult
@@ -231,7 +232,7 @@ class AsyncInvocations:
             entries: list[PendingInvocation | None] = [None] * len(functions)
             async with anyio.create_task_group() as tg:
                 for index, function in enumerate(functions):
-                    invocation = first if index == 0 else attrs.evolve(first, function=function)
+                    invocation = first if index == 0 else for_function(first, function)
                     tg.start_soon(self._one_into, entries, index, invocation)
             return tuple(entry for entry in entries if entry is not None)
         finally:

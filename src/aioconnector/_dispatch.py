@@ -18,7 +18,15 @@ import attrs
 from ._errors import ControllerStateError
 from ._invoke import Invocation, cancelled
 from ._lanes import Lane
-from ._message import base_headers, check_topic, coerce_body, merge_headers
+from ._message import (
+    IDEMPOTENCY_KEY,
+    base_headers,
+    check_topic,
+    coerce_body,
+    idempotency_key,
+    keyed_message_id,
+    merge_headers,
+)
 from ._policy import FunctionPolicy, policy_from_annotations
 from ._topics import TopicMap
 from ._waiters import WaiterQueue
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
     from ._slots import Slots
     from ._stats import Counts, FunctionState
 
-__all__ = ["Dispatcher", "Job"]
+__all__ = ["Dispatcher", "Job", "for_function"]
 
 # An accepted message: the invocation of its first function, and every function's address.
 Job = tuple[Invocation, tuple[str, ...]]
@@ -219,13 +227,18 @@ class Dispatcher:
             if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
                 self._topic_headers.clear()
             self._topic_headers[topic] = merged
-        # The invocation of the first function; `_for_function` makes the others from it.
+        # The invocation of the first function; `for_function` makes the others from it.
+        function = functions[0] if functions else ""
+        message_id = None if headers is None else keyed_message_id(headers)
+        if message_id is not None:
+            merged = (*merged, (IDEMPOTENCY_KEY, idempotency_key(message_id, function)))
         first = Invocation(
             topic=topic,
-            function=functions[0] if functions else "",
+            function=function,
             body=payload,
             headers=merged,
             context=context,
+            message_id=message_id,
         )
         return first, functions
 
@@ -268,7 +281,7 @@ class Dispatcher:
                     if not holding:
                         await slots.acquire()
                     holding = False
-                    invocation = first if index == 0 else _for_function(first, function)
+                    invocation = first if index == 0 else for_function(first, function)
                     if index < count - 1:
                         tasks.start_soon(self._run_into, results, began, index, invocation)
                         spawned += 1
@@ -414,12 +427,18 @@ class Dispatcher:
             await self._room.wait()
 
 
-def _for_function(first: Invocation, function: str) -> Invocation:
-    """The message's invocation of one function (``attrs.evolve`` costs ten times more)."""
+def for_function(first: Invocation, function: str) -> Invocation:
+    """The message's invocation of another of its functions (``attrs.evolve`` costs ten
+    times more), with that function's own ``Idempotency-Key`` when it has one."""
+    headers = first.headers
+    message_id = first.message_id
+    if message_id is not None:
+        headers = (*headers[:-1], (IDEMPOTENCY_KEY, idempotency_key(message_id, function)))
     return Invocation(
         topic=first.topic,
         function=function,
         body=first.body,
-        headers=first.headers,
+        headers=headers,
         context=first.context,
+        message_id=message_id,
     )

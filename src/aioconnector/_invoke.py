@@ -82,6 +82,9 @@ class Invocation:
     body: bytes
     headers: tuple[tuple[str, str], ...]
     context: object = attrs.field(default=None, eq=False, hash=False)
+    message_id: str | None = None
+    """The source message's id (``X-Message-Id``) when its invocations carry an
+    ``Idempotency-Key`` derived from it (then the last of ``headers``)."""
 
 
 class Invoker(Protocol):

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 
 __all__ = [
+    "IDEMPOTENCY_KEY",
     "MAX_TOPIC_LENGTH",
     "Body",
     "HeaderBlock",
     "base_headers",
     "check_topic",
     "coerce_body",
+    "idempotency_key",
+    "keyed_message_id",
     "merge_headers",
     "topic_problem",
 ]
@@ -97,3 +101,29 @@ def _check_header(name: object, value: object) -> None:
         raise ValueError(f"header {name!r}: value must not contain CR, LF or control characters")
     if not value.isascii():
         raise ValueError(f"header {name!r}: value must be ASCII (encode it, e.g. as UTF-8 %XX)")
+
+
+#: Sent with every invocation of a message that has an ``X-Message-Id``: the IETF
+#: ``Idempotency-Key`` header (draft-ietf-httpapi-idempotency-key-header), as Stripe and
+#: others read it, so a function can deduplicate redelivered messages across processes.
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
+def keyed_message_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Message-Id`` of a message whose invocations get an ``Idempotency-Key``: one
+    with a message id and without an ``Idempotency-Key`` of the caller's own."""
+    message_id = None
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered == "idempotency-key":
+            return None  # the caller's own key is sent as it is
+        if lowered == "x-message-id":
+            message_id = value
+    return message_id
+
+
+def idempotency_key(message_id: str, function: str) -> str:
+    """The same for every delivery of the message to the function, in every process: 32 hex
+    digits of SHA-256 over the message id and the function's address."""
+    digest = hashlib.sha256(f"{message_id}\n{function}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:32]
