@@ -415,6 +415,153 @@ def test_invoke_async_with_callback(
     assert (callback.headers["x-function-status"], callback.body) == ("200", b"ok")
 
 
+# -- invoke --async --wait: the callbacks' results ---------------------------------------------
+
+WAIT = ["--async", "--wait", "--callback-listen", "127.0.0.1:0"]
+
+
+@BACKENDS
+def test_invoke_async_wait_prints_the_results_of_the_callbacks(
+    backend: str, shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = shop
+    argv = ["invoke", "orders", "--data", "hi", "--gateway", url, *WAIT, "--backend", backend]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    # The functions' own statuses, from the callbacks, not the gateway's 202s.
+    assert [(m[2], m[3]) for m in result_lines(captured.out)] == [
+        ("echo.openfaas-fn", "200"),
+        ("ledger.openfaas-fn", "200"),
+    ]
+    assert captured.out.splitlines()[1] == "hi"  # echo's body, under its line
+    assert "2 invocation(s) sent; waiting for their callbacks at 127.0.0.1:" in captured.err
+    calls = gateway.invocations()
+    assert [call.is_async for call in calls] == [True, True]
+    for call in calls:  # each call has its own callback URL, to the CLI's receiver
+        assert call.headers["x-callback-url"].startswith("http://127.0.0.1:")
+        assert call.headers["x-callback-url"].split("/")[3] == call.headers["x-call-id"]
+
+
+def test_invoke_async_wait_json_and_a_failure_exits_1(
+    shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = shop
+    gateway.add_function("refund-audit", topics=["refunds"], handler=FakeResponse(body="seen"))
+    argv = ["invoke", "refunds", "--data", "x", "--gateway", url, *WAIT, "--json"]
+    assert main(argv) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["function"], r["status"], r["ok"], r["body"]) for r in results] == [
+        ("broken.openfaas-fn", 500, False, ""),
+        ("refund-audit.openfaas-fn", 200, True, "seen"),
+    ]
+    assert "500" in results[0]["error"]
+    ids = {call.headers["x-call-id"] for call in gateway.invocations()}
+    assert {r["call_id"] for r in results} == ids
+
+
+def test_invoke_async_wait_unmatched_exits_2(
+    shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["invoke", "nobody", "--data", "x", "--gateway", shop[1], *WAIT, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == []
+    assert "no function subscribes to 'nobody'" in captured.err
+    assert "waiting" not in captured.err
+    assert shop[0].invocations() == []
+
+
+def test_invoke_async_wait_timeout_ends_the_missing_ones_as_timeouts(
+    shop: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = shop
+    gateway.set_callbacks("ledger", lose=True)  # the queue-worker never calls back for it
+    argv = ["invoke", "orders", "--data", "x", "--gateway", url, *WAIT]
+    assert main([*argv, "--wait-timeout", "500ms"]) == 1
+    captured = capsys.readouterr()
+    assert [(m[2], m[3]) for m in result_lines(captured.out)] == [
+        ("echo.openfaas-fn", "200"),
+        ("ledger.openfaas-fn", "FAIL UpstreamTimeoutError"),
+    ]
+    assert "--wait-timeout 0.5s passed with 1 invocation(s) awaiting their callback" in (
+        captured.err
+    )
+
+
+def test_invoke_async_wait_reads_the_receiver_from_the_environment(
+    shop: tuple[FakeGateway, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gateway, url = shop
+    with socket.socket() as sock:  # a free port, given as callback_listen
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("callback_listen", f"127.0.0.1:{port}")
+    monkeypatch.setenv("asynchronous_invocation", "true")  # --async by the environment
+    assert main(["invoke", "billing", "--data", "x", "--gateway", url, "--wait"]) == 0
+    assert [(m[2], m[3]) for m in result_lines(capsys.readouterr().out)] == [
+        ("ledger.openfaas-fn", "200")
+    ]
+    (call,) = gateway.invocations()
+    assert call.headers["x-callback-url"].startswith(f"http://127.0.0.1:{port}/")
+
+
+def test_invoke_async_wait_public_url_is_the_one_the_gateway_gets(
+    serve: Serve, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The gateway is told the public URL (here: the receiver behind a path prefix, as an
+    # Ingress would route it); the receiver routes by the end of the path.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gateway = FakeGateway()
+    gateway.add_function("report", topics=["reports"], handler=FakeResponse(body="done"))
+    url = serve(gateway)
+    argv = ["invoke", "reports", "--data", "x", "--gateway", url, "--async", "--wait"]
+    argv += ["--callback-listen", f"127.0.0.1:{port}"]
+    argv += ["--callback-public-url", f"http://127.0.0.1:{port}/ingress/cb/"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert [(m[2], m[3]) for m in result_lines(captured.out)] == [("report.openfaas-fn", "200")]
+    assert f"waiting for their callbacks at http://127.0.0.1:{port}/ingress/cb" in captured.err
+    (call,) = gateway.invocations()
+    assert call.headers["x-callback-url"].startswith(f"http://127.0.0.1:{port}/ingress/cb/")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--wait", "--callback-listen", "127.0.0.1:0"], {}, "--wait waits for the callbacks "
+         "of async invocations: add --async"),
+        (["--async", "--wait"], {}, "--wait needs a callback receiver: --callback-listen"),
+        (["--async", "--wait", "--callback-public-url", "http://h:1"], {},
+         "--wait needs a callback receiver"),
+        ([*WAIT, "--callback-url", "http://127.0.0.1:1/cb"], {},
+         "--wait receives the callbacks itself: leave out --callback-url"),
+        (["--async", "--wait-timeout", "5s"], {}, "--wait-timeout go with --async --wait"),
+        (["--callback-listen", "127.0.0.1:0", "--callback-public-url", "http://h:1"], {},
+         "--callback-listen and --callback-public-url go with --async --wait"),
+        (["--async", "--wait", "--callback-listen", "0.0.0.0:0"], {}, "listens on every "
+         "interface: set callback_public_url"),
+        (["--async", "--wait", "--callback-listen", "nowhere"], {}, "callback_listen"),
+        (["--async", "--wait"], {"callback_listen": "127.0.0.1:x"}, "callback_listen"),
+    ],
+)  # fmt: skip
+def test_invoke_async_wait_errors(
+    flags: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # An unreachable gateway: each mistake is reported before anything is sent.
+    argv = ["invoke", "orders", "--data", "x", "--gateway", "http://127.0.0.1:1", *flags]
+    assert main(argv) == 1
+    assert message in single_error_line(capsys.readouterr().err)
+
+
 # -- tester -------------------------------------------------------------------------------------
 
 
@@ -713,6 +860,9 @@ def test_invalid_header_is_reported(
         ["demo", "--startup-timeout", "-1s"],
         ["invoke", "t", "--header", "no colon"],
         ["invoke", "t", "--data", "x", "--data-file", "y"],
+        ["invoke", "t", "--async", "--wait", "--wait-timeout", "0"],
+        ["invoke", "t", "--async", "--wait", "--wait-timeout", "soon"],
+        ["topics", "--wait"],
         ["invoke"],
     ],
 )
@@ -871,6 +1021,43 @@ def test_a_signal_stops_the_command_with_a_summary(
     assert out.rstrip().splitlines()[-1].startswith("summary:")
     assert "Traceback" not in err
     assert "KeyboardInterrupt" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is POSIX")
+@BACKENDS
+def test_ctrl_c_while_waiting_for_callbacks_prints_what_came(backend: str, serve: Serve) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("quick", topics=["t"], handler=FakeResponse(body="done"))
+    gateway.add_function("forever", topics=["t"])
+    gateway.set_callbacks("forever", lose=True)
+    argv = ["invoke", "t", "--data", "x", "--gateway", serve(gateway), *WAIT]
+    command = [sys.executable, "-m", "aioconnector", *argv, "--backend", backend]
+    with subprocess.Popen(  # noqa: S603  (this interpreter, fixed arguments)
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=program_env(),
+    ) as process:
+        assert process.stderr is not None
+        try:
+            waiting = process.stderr.readline()  # blocks until the CLI waits for callbacks
+            assert "2 invocation(s) sent; waiting for their callbacks" in waiting
+            # Both were accepted; wait for quick's callback (the gateway posts it at once).
+            serve.wait_idle(gateway)
+            process.send_signal(signal.SIGINT)  # this subprocess only, by its pid
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    assert process.returncode == 130, err
+    assert [(m[2], m[3]) for m in result_lines(out)] == [
+        ("forever.openfaas-fn", "FAIL UpstreamTimeoutError"),
+        ("quick.openfaas-fn", "200"),
+    ]
+    assert "interrupted with 1 invocation(s) awaiting their callback" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pty is POSIX")

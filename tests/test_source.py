@@ -315,3 +315,28 @@ async def test_bad_max_in_flight(wire: Wire) -> None:
     async with wire.controller() as ctrl:
         with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
             await run_source(ctrl, listed([]), convert=convert, settle=Settled(), max_in_flight=0)
+
+
+async def test_a_stop_after_the_source_ended_still_bounds_the_drain(wire: Wire) -> None:
+    wire.gateway.add_function("stuck", topics="t")
+    wire.gateway.set_fault("stuck", latency=30)
+    stop = anyio.Event()
+    released: list[int] = []
+
+    async def release(msg: Msg) -> None:
+        released.append(msg.id)
+
+    async with wire.controller(drain_timeout=0.1) as ctrl, anyio.create_task_group() as tg:
+        # The source ends at once; the stop comes while its message is still being invoked.
+        tg.start_soon(_set_later, stop, 0.1)
+        with anyio.fail_after(10):
+            stats = await run_source(
+                ctrl,
+                listed([Msg(1, "t")]),
+                convert=convert,
+                settle=Settled(),
+                stop=stop,
+                drain_timeout=0.1,
+                release=release,
+            )
+    assert (stats.received, stats.unsettled, released) == (1, 1, [1])

@@ -139,7 +139,15 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, run: Command, text: str) -> argparse.ArgumentParser:
         command = sub.add_parser(name, parents=[common], help=text, description=text)
-        command.set_defaults(run=run, json_body=name in ("demo", "tester"), subparser=command)
+        command.set_defaults(
+            run=run,
+            json_body=name in ("demo", "tester"),
+            subparser=command,
+            wait=False,
+            callback_listen=None,
+            callback_public_url=None,
+            wait_timeout=None,
+        )
         return command
 
     demo = add("demo", _demo, "Emit sample events round-robin over the topics and stream the "
@@ -162,8 +170,33 @@ def _parser() -> argparse.ArgumentParser:
         "--header", type=_header, action="append", metavar="'NAME: VALUE'", help="repeatable"
     )
     invoke.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_wait_flags(invoke.add_argument_group("waiting for async results (--async --wait)"))
     _add_connect(sub)
     return parser
+
+
+def _add_wait_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --async: receive each function's callback and print its final result",
+    )
+    group.add_argument(
+        "--callback-listen",
+        metavar="HOST:PORT",
+        help="where to receive the callbacks, port 0 for any (env callback_listen)",
+    )
+    group.add_argument(
+        "--callback-public-url",
+        metavar="URL",
+        help="how the gateway reaches that address, if not by it (env callback_public_url)",
+    )
+    group.add_argument(
+        "--wait-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="stop waiting after this, e.g. 30s, 10m (default: env callback_timeout; 10m)",
+    )
 
 
 def _add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -240,12 +273,34 @@ def _config(args: argparse.Namespace) -> ControllerConfig:
         upstream_timeout=args.upstream_timeout or None,
         max_concurrency=args.max_concurrency,
         startup_timeout=args.startup_timeout,
+        callback_listen=args.callback_listen,
+        callback_public_url=args.callback_public_url,
     )
+    _check_wait(args, config)
     if args.upstream_timeout == 0:  # like upstream_timeout=0 in the environment: no timeout
         config = attrs.evolve(config, upstream_timeout=None)
     if args.json_body and config.content_type is None:
         config = attrs.evolve(config, content_type=_JSON)
     return config
+
+
+def _check_wait(args: argparse.Namespace, config: ControllerConfig) -> None:
+    if not args.wait:
+        flags = ("--callback-listen", "--callback-public-url", "--wait-timeout")
+        given = [flag for flag in flags if getattr(args, flag[2:].replace("-", "_")) is not None]
+        if given:
+            raise _CliError(f"{' and '.join(given)} go with --async --wait")
+        return
+    if not config.async_invocation:
+        raise _CliError("--wait waits for the callbacks of async invocations: add --async")
+    if args.callback_url is not None:
+        raise _CliError("--wait receives the callbacks itself: leave out --callback-url")
+    if config.callback_listen is None:
+        raise _CliError(
+            "--wait needs a callback receiver: --callback-listen HOST:PORT (env "
+            "callback_listen), an address the gateway can reach, with --callback-public-url "
+            "URL if it reaches it by another"
+        )
 
 
 def _read_body(args: argparse.Namespace) -> bytes:
@@ -459,10 +514,14 @@ async def _topics(args: argparse.Namespace, config: ControllerConfig, _: _Interr
     return 0
 
 
-async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interrupts) -> int:
+async def _invoke(args: argparse.Namespace, config: ControllerConfig, stop: _Interrupts) -> int:
     async with _controller(config) as controller:
         headers = dict(args.header or ())
-        results = await controller.invoke(args.topic, args.body, headers=headers)
+        results: Sequence[InvocationResult]
+        if args.wait:
+            results = await _invoke_and_wait(controller, args, headers, stop)
+        else:
+            results = await controller.invoke(args.topic, args.body, headers=headers)
         if not results:
             _warn_unmatched(args.topic, controller)
     if args.json:
@@ -475,6 +534,31 @@ async def _invoke(args: argparse.Namespace, config: ControllerConfig, _: _Interr
     if not results:
         return _UNMATCHED
     return 0 if all(result.ok for result in results) else 1
+
+
+async def _invoke_and_wait(
+    controller: AsyncController,
+    args: argparse.Namespace,
+    headers: dict[str, str],
+    stop: _Interrupts,
+) -> tuple[InvocationResult, ...]:
+    """``invoke --async --wait``: the results the callbacks bring, in address order. Past
+    ``--wait-timeout``, or on Ctrl-C, those still awaited end as timeouts (so the controller
+    does not wait for them at exit)."""
+    pending = await controller.invoke_async(args.topic, args.body, headers=headers)
+    if not pending:
+        return ()
+    host, port = controller.callback_address or ("?", 0)
+    where = controller.config.callback_public_url or f"{host}:{port}"
+    _err(f"{len(pending)} invocation(s) sent; waiting for their callbacks at {where}")
+    with stop.stage(), anyio.move_on_after(args.wait_timeout):
+        for invocation in pending:
+            await invocation.result()
+    waiting = sum(not invocation.done() for invocation in pending)
+    if waiting:
+        why = "interrupted" if stop.count else f"--wait-timeout {args.wait_timeout:g}s passed"
+        _err(f"{why} with {waiting} invocation(s) awaiting their callback")
+    return tuple([await invocation.result(timeout=0) for invocation in pending])
 
 
 # -- connect: a packaged connector as a process ----------------------------------------------

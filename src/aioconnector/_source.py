@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from ._controller import AsyncController
     from ._message import Body
     from ._results import InvocationResult
+
+    # AsyncController.invoke, or invoke_async and the callbacks' results.
+    _Invoke = Callable[..., Awaitable[Sequence[InvocationResult]]]
 
 __all__ = ["Settlement", "SourceMessage", "SourceStats", "run_source", "settlement_of"]
 
@@ -104,6 +108,7 @@ async def run_source(
     stop_signals: Sequence[signal.Signals] = (),
     drain_timeout: float | None = None,
     release: Callable[[T], Awaitable[None]] | None = None,
+    invoke_async: bool = False,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
     """Feed every message of ``source`` to ``controller`` and settle it from its results.
@@ -121,10 +126,21 @@ async def run_source(
     input) that are ``ValueError``/``TypeError`` settle the message as INVALID; any other
     exception, and any from ``settle``, ends the run and propagates. With ``tg.start(...)`` it
     reports ready once it listens for ``stop_signals`` and its workers wait for messages.
+
+    ``invoke_async=True`` invokes with :meth:`AsyncController.invoke_async` (for functions that
+    run for minutes): a message is settled once the callbacks of all its functions arrived,
+    from their results, by the same rules (a callback that does not come within
+    ``callback_timeout`` is a failure: RETRY). It stays in flight meanwhile, so
+    ``max_in_flight`` bounds the messages whose functions are queued or running. It needs the
+    controller's callback receiver (``callback_listen`` or ``callback_public_url``).
     """
     workers = max_in_flight if max_in_flight is not None else controller.config.max_concurrency
     if workers < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {workers}")
+    invoke = controller.invoke
+    if invoke_async:
+        _check_receiver(controller)
+        invoke = partial(_invoke_and_wait, controller)
     grace = controller.config.drain_timeout if drain_timeout is None else drain_timeout
     stop = stop or anyio.Event()
     counter: _Counter[T] = _Counter()
@@ -136,7 +152,7 @@ async def run_source(
         nonlocal busy_workers
         async with receive:
             async for item in receive:
-                await _handle(controller, item, convert, settle, counter)
+                await _handle(controller, item, convert, settle, counter, invoke=invoke)
         busy_workers -= 1
         if not busy_workers:
             workers_done.set()
@@ -155,8 +171,10 @@ async def run_source(
                 group.start_soon(_cancel_when_set, stop, fetching)
                 await _feed(source, send, counter)
             # The closed stream lets idle workers leave; busy ones finish their message,
-            # within the drain deadline when we were told to stop.
-            with anyio.move_on_after(grace if stop.is_set() else None):
+            # within the drain deadline when we were told to stop (also after the source ended:
+            # a message awaiting its callbacks may take minutes).
+            with anyio.CancelScope() as draining:
+                group.start_soon(_drain_deadline_when_set, stop, draining, grace)
                 await workers_done.wait()
             group.cancel_scope.cancel()  # the watchers, and workers past the deadline
     except BaseExceptionGroup as exc:
@@ -195,6 +213,8 @@ async def _handle(
     convert: Callable[[T], SourceMessage],
     settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
     counter: _Counter[T],
+    *,
+    invoke: _Invoke,
 ) -> None:
     results: Sequence[InvocationResult] = ()
     try:
@@ -204,13 +224,9 @@ async def _handle(
             name.lower() == "x-message-id" for name in headers
         ):
             headers["X-Message-Id"] = message.message_id
-        results = await controller.invoke(
-            message.topic, message.body, headers=headers, context=item
-        )
+        results = await invoke(message.topic, message.body, headers=headers, context=item)
         if not results and await _refreshed_for(controller, message.topic):
-            results = await controller.invoke(
-                message.topic, message.body, headers=headers, context=item
-            )
+            results = await invoke(message.topic, message.body, headers=headers, context=item)
         verdict = settlement_of(results)
     except (ValueError, TypeError) as exc:
         logger.warning("invalid message from the source: %s", exc)
@@ -221,6 +237,30 @@ async def _handle(
         await settle(item, verdict, results)
         counter.settled[verdict] += 1
         del counter.pending[id(item)]
+
+
+def _check_receiver(controller: AsyncController) -> None:
+    config = controller.config
+    if config.callback_listen is None and config.callback_public_url is None:
+        raise ValueError(
+            "run_source(invoke_async=True) needs the controller's callback receiver: set "
+            "callback_listen (built-in server) or callback_public_url (where callback_app is "
+            "mounted)"
+        )
+
+
+async def _invoke_and_wait(
+    controller: AsyncController,
+    topic: str,
+    body: Body,
+    *,
+    headers: Mapping[str, str] | None = None,
+    context: object = None,
+) -> tuple[InvocationResult, ...]:
+    """``invoke_async``, then the results of all its callbacks (each ends by its callback,
+    a refusal, ``callback_timeout`` or shutdown)."""
+    pending = await controller.invoke_async(topic, body, headers=headers, context=context)
+    return tuple([await invocation.result() for invocation in pending])
 
 
 async def _refreshed_for(controller: AsyncController, topic: str) -> bool:
@@ -234,6 +274,13 @@ async def _refreshed_for(controller: AsyncController, topic: str) -> bool:
     except DiscoveryError:
         return False  # counted in stats and logged; the message stays UNMATCHED
     return bool(controller.functions_for(topic))
+
+
+async def _drain_deadline_when_set(
+    event: anyio.Event, scope: anyio.CancelScope, grace: float
+) -> None:
+    await event.wait()
+    scope.deadline = min(scope.deadline, anyio.current_time() + grace)
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -19,9 +19,9 @@ import anyio
 import attrs
 import pytest
 
-from aioconnector import ControllerConfig, Settlement, SourceStats
+from aioconnector import AsyncController, ControllerConfig, Settlement, SourceStats
 from aioconnector.connectors import nats as connector
-from aioconnector.testing import FakeGateway
+from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 from ._process import (
     SlowFunction,
@@ -385,3 +385,95 @@ def _wall_clock(timestamp: str) -> float:
     whole, _, fraction = timestamp.rstrip("Z").partition(".")
     start = datetime.fromisoformat(whole).replace(tzinfo=timezone.utc).timestamp()
     return start + float(f"0.{fraction or 0}")
+
+
+# -- --async-invocations: acked once the function's callback came ------------------------------
+
+
+def async_config(url: str) -> ControllerConfig:
+    return attrs.evolve(config(url), callback_listen="127.0.0.1:0", drain_timeout=0)
+
+
+async def test_async_a_long_function_outlives_ack_wait_and_is_acked_once_finished(
+    broker: Broker,
+) -> None:
+    gateway = FakeGateway()
+    gate = anyio.Event()  # the function runs until the test lets it finish
+    function = SlowFunction(latency=(0.0, 0.0), gate=gate)
+    gateway.add_function("reports", topics=["reports"], handler=function)
+    msg_id = await broker.publish("reports", b"a long report")
+    # ack_wait 1 s (the consumer is new): the function runs for several of them.
+    options = broker.options(async_invocations=True, ack_wait=1.0)
+
+    async with gateway.serve() as url, running(async_config(url), options) as stats:
+        await wait_until(lambda: len(function.calls) == 1, within=15)
+        await anyio.sleep(3)  # three ack waits: unmarked, JetStream would have redelivered
+        info = await broker.js.consumer_info(broker.stream, broker.durable)
+        assert (info.num_ack_pending, info.num_redelivered) == (1, 0)
+        assert len(function.calls) == 1
+        assert (gateway.invocations()[0].is_async, stats) == (True, [])  # not settled yet
+        gate.set()
+        await wait_until(broker.settled, within=10)
+
+    assert message_ids(gateway) == {msg_id: 1}  # invoked once: never redelivered
+    assert stats[0].settled[Settlement.ACK] == 1
+    assert stats[0].unsettled == 0
+
+
+async def test_async_a_failure_in_the_callback_is_nakked_and_redelivered(broker: Broker) -> None:
+    answers = iter([FakeResponse(status=500, body=b"not yet")])
+
+    def handler(_: RecordedRequest) -> FakeResponse:
+        return next(answers, FakeResponse(body=b"done"))
+
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"], handler=handler)
+    msg_id = await broker.publish("orders", b"try again")
+    options = broker.options(async_invocations=True, nak_delay=0.05)
+
+    async with gateway.serve() as url, running(async_config(url), options) as stats:
+        await wait_until(lambda: len(gateway.invocations()) >= 2, within=10)
+        await wait_until(broker.settled, within=10)
+
+    assert message_ids(gateway) == {msg_id: 2}
+    assert all(call.is_async for call in gateway.invocations())
+    assert stats[0].settled[Settlement.RETRY] == 1
+    assert stats[0].settled[Settlement.ACK] == 1
+
+
+async def test_async_invocations_need_a_receiver(broker: Broker) -> None:
+    gateway = FakeGateway()
+    async with gateway.serve() as url, AsyncController(config(url)) as controller:
+        with pytest.raises(ValueError, match="async_invocations needs a callback receiver"):
+            await connector.run(controller, broker.options(async_invocations=True))
+    with pytest.raises(ValueError, match="nats_async_invocations"):
+        connector.CONNECTOR.settings({}, {"nats_async_invocations": "sometimes"})
+
+
+async def test_async_connect_subprocess_acks_after_the_callbacks(
+    broker: Broker, tmp_path: Path
+) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    gateway.add_function("audit", topics=["orders"])
+    ids = {await broker.publish("orders", b"%d" % n) for n in range(10)}
+    args = broker.args("--async-invocations", "--callback-listen", "127.0.0.1:0")
+
+    async with gateway.serve() as url:
+        env = connector_env(url, "async")
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "1.log") as process:
+            await wait_until(lambda: len(gateway.invocations()) >= 20, within=15)
+            await wait_until(broker.settled, within=10)
+            process.terminate()
+            assert await process.wait(timeout=10) == 0, process.output()
+        # Without a receiver: one line, exit 1.
+        args = broker.args("--async-invocations")
+        async with connector_process(BROKER, args, env=env, log=tmp_path / "2.log") as failing:
+            assert await failing.wait(timeout=15) == 1
+            assert "async_invocations needs a callback receiver" in failing.output()
+            assert "Traceback" not in failing.output()
+
+    assert set(message_ids(gateway)) == ids
+    assert all(call.is_async for call in gateway.invocations())
+    assert len(gateway.invocations()) == 20
+    assert "stopped: received 10 (ack 10, retry 0," in process.output()

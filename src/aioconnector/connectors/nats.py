@@ -13,6 +13,14 @@ Delivery is at least once, in no particular order (up to max_concurrency message
   (--nak-unroutable: nak those too, until max_deliver);
 - a connector that dies leaves its messages unacked: JetStream redelivers them after ack_wait.
 
+With --async-invocations, each message is invoked through /async-function/ (the gateway's
+queue-worker runs the functions) and settled by the same rules once the callbacks of all its
+functions arrived, at the built-in receiver (callback_listen, and callback_public_url for how the
+gateway reaches it): for functions that run for minutes. Meanwhile the message is told to
+JetStream as in progress every third of ack_wait, so it is not redelivered while its function
+runs; it counts in max_concurrency until it is settled. A callback that does not come within
+callback_timeout is a failure (nak).
+
 The stream and the durable consumer are created when missing (an existing one keeps its
 settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
 no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the
@@ -25,7 +33,9 @@ retries included). Needs ``pip install 'aioconnector[nats]'``:
 
 from __future__ import annotations
 
+import asyncio  # nats-py is asyncio-only; its fetch may raise asyncio's TimeoutError
 import logging
+import sys
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
@@ -34,13 +44,17 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._errors import only_exception
 from .._source import Settlement, SourceMessage, run_source
 from ._base import Connector, announce_ready, describe
 from ._settings import option
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 if TYPE_CHECKING:
     import signal
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from anyio.abc import TaskStatus
     from nats.aio.msg import Msg
@@ -55,6 +69,7 @@ __all__ = ["CONNECTOR", "Options", "run"]
 log = logging.getLogger("aioconnector.connectors.nats")
 _FETCH_TIMEOUT = 1.0  # seconds a fetch waits for messages; also how soon a stop is noticed
 _MAX_NAK_DELAY = 60.0
+_MIN_PROGRESS = 0.1  # seconds between in-progress marks, whatever the ack_wait
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +88,9 @@ class Options:
     max_deliver: int = option(5, "deliveries before a failing message is terminated (new consumer)")
     nak_delay: float = option(1.0, "redelivery delay after a failure, doubled each time")
     nak_unroutable: bool = option(default=False, help="nak unmatched/invalid messages, not term")
+    async_invocations: bool = option(
+        default=False, help="invoke via /async-function/, ack once the callbacks came"
+    )
 
 
 async def run(
@@ -85,21 +103,42 @@ async def run(
 ) -> SourceStats:
     """Consume into ``controller`` until ``stop`` is set or one of ``stop_signals`` arrives.
 
-    With ``tg.start(run, ...)``, ready once the consumer is bound and the workers wait.
+    With ``tg.start(run, ...)``, ready once the consumer is bound and the workers wait. With
+    ``options.async_invocations``, the controller needs its callback receiver
+    (``callback_listen`` or ``callback_public_url``): ``ValueError`` otherwise.
     """
     CONNECTOR.require()
+    config = controller.config
+    receiver = config.callback_listen or config.callback_public_url
+    if options.async_invocations and receiver is None:
+        raise ValueError(
+            "async_invocations needs a callback receiver: set callback_listen (HOST:PORT), and "
+            "callback_public_url if the gateway reaches it by another address"
+        )
     import nats
 
     client = await nats.connect(
         options.url.split(","), name=controller.config.connector_name, error_cb=_log_nats_error
     )
     try:
-        subscription, max_deliver = await _subscribe(client.jetstream(), options)
-        return await run_source(
+        subscription, max_deliver, ack_wait = await _subscribe(client.jetstream(), options)
+        convert = partial(_convert, options.strip_prefix)
+        settle = partial(_settle, options, max_deliver)
+        if not options.async_invocations:
+            return await run_source(
+                controller,
+                _fetch(subscription, options),
+                convert=convert,
+                settle=settle,
+                stop=stop,
+                stop_signals=stop_signals,
+                task_status=task_status,
+            )
+        working = _InProgress(convert, settle, interval=max(ack_wait / 3, _MIN_PROGRESS))
+        return await _run_async(
             controller,
             _fetch(subscription, options),
-            convert=partial(_convert, options.strip_prefix),
-            settle=partial(_settle, options, max_deliver),
+            working,
             stop=stop,
             stop_signals=stop_signals,
             task_status=task_status,
@@ -109,6 +148,40 @@ async def run(
             await client.close()  # also sends the acks still buffered
 
 
+async def _run_async(
+    controller: AsyncController,
+    source: AsyncIterator[Msg],
+    working: _InProgress,
+    *,
+    stop: anyio.Event | None,
+    stop_signals: Sequence[signal.Signals],
+    task_status: TaskStatus[None],
+) -> SourceStats:
+    """``run_source(invoke_async=True)``, with the messages awaiting callbacks kept alive."""
+    error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(working.keep_alive)
+            stats = await run_source(
+                controller,
+                source,
+                convert=working.convert,
+                settle=working.settle,
+                stop=stop,
+                stop_signals=stop_signals,
+                invoke_async=True,
+                task_status=task_status,
+            )
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as exc:
+        error = only_exception(exc)
+        if error is None:
+            raise
+    if error is not None:
+        raise error  # as itself, as without --async-invocations
+    return stats
+
+
 async def _log_nats_error(exc: Exception) -> None:
     """nats-py reports connection trouble here (and retries): one line, not a traceback."""
     log.warning("NATS: %s: %s", type(exc).__name__, exc)
@@ -116,8 +189,9 @@ async def _log_nats_error(exc: Exception) -> None:
 
 async def _subscribe(
     js: JetStreamContext, options: Options
-) -> tuple[JetStreamContext.PullSubscription, int]:
-    """Bind to the durable consumer, creating it (and the stream) if missing; its max_deliver."""
+) -> tuple[JetStreamContext.PullSubscription, int, float]:
+    """Bind to the durable consumer, creating it (and the stream) if missing; its max_deliver
+    and ack_wait."""
     from nats.js.api import AckPolicy, ConsumerConfig
     from nats.js.errors import NotFoundError
 
@@ -139,7 +213,46 @@ async def _subscribe(
         )
         info = await js.add_consumer(options.stream, config)
     subscription = await js.pull_subscribe_bind(durable=options.durable, stream=options.stream)
-    return subscription, info.config.max_deliver or -1
+    return subscription, info.config.max_deliver or -1, info.config.ack_wait or options.ack_wait
+
+
+class _InProgress:
+    """The messages awaiting their callbacks (from convert to settle), told to JetStream as in
+    progress (``+WPI``) every ``interval``, so a function that runs longer than ack_wait does
+    not get its message redelivered meanwhile."""
+
+    def __init__(
+        self,
+        convert: Callable[[Msg], SourceMessage],
+        settle: Callable[[Msg, Settlement, Sequence[InvocationResult]], Awaitable[None]],
+        *,
+        interval: float,
+    ) -> None:
+        self._convert = convert
+        self._settle = settle
+        self._interval = interval
+        self._messages: dict[int, Msg] = {}
+
+    def convert(self, msg: Msg) -> SourceMessage:
+        self._messages[id(msg)] = msg
+        return self._convert(msg)
+
+    async def settle(
+        self, msg: Msg, verdict: Settlement, results: Sequence[InvocationResult]
+    ) -> None:
+        self._messages.pop(id(msg), None)
+        await self._settle(msg, verdict, results)
+
+    async def keep_alive(self) -> None:
+        import nats.errors
+
+        while True:
+            await anyio.sleep(self._interval)
+            for msg in list(self._messages.values()):
+                try:
+                    await msg.in_progress()
+                except nats.errors.Error as exc:  # reconnecting: the next round tries again
+                    log.warning("could not mark a message in progress: %s", exc)
 
 
 async def _fetch(
@@ -153,8 +266,10 @@ async def _fetch(
     while True:
         try:
             batch = deque(await subscription.fetch(options.batch, timeout=_FETCH_TIMEOUT))
-        except nats.errors.TimeoutError:
-            continue  # nothing new
+        # nats-py raises its own TimeoutError, or asyncio's when the deadline ran out between
+        # its two pull requests (a busy loop): both mean nothing new.
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            continue
         try:
             while batch:
                 yield batch.popleft()
