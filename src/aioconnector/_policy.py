@@ -61,22 +61,25 @@ def _fraction(*, above_zero: bool, below_one: bool) -> Any:
     low, high = ("> 0" if above_zero else ">= 0"), ("< 1" if below_one else "<= 1")
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            number = float(value)  # type: ignore[arg-type]
-            ok = (number > 0 if above_zero else number >= 0) and (
-                number < 1 if below_one else number <= 1
-            )
+        message = f"{attribute.name} must be a number {low} and {high}, got {value!r}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(message)
+        number = float(value)
+        ok = (number > 0 if above_zero else number >= 0) and (
+            number < 1 if below_one else number <= 1
+        )
         if not ok:
-            raise ValueError(f"{attribute.name} must be a number {low} and {high}, got {value!r}")
+            raise ValueError(message)
 
     return check
 
 
 def _positive_seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type, operator]
-        raise ValueError(f"{attribute.name} must be a number of seconds > 0, got {value!r}")
+    message = f"{attribute.name} must be a number of seconds > 0, got {value!r}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(message)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(message)
 
 
 @attrs.frozen(kw_only=True)
