@@ -506,9 +506,7 @@ async def test_adaptive_concurrency_finds_the_capacity_without_failures(wire: Wi
         results: list[InvocationResult] = []
         async with (
             anyio.create_task_group() as tg,
-            wire.controller(
-                max_concurrency=64, adaptive_concurrency=adaptive, retry=RetryPolicy(attempts=5)
-            ) as controller,
+            wire.controller(max_concurrency=64, adaptive_concurrency=adaptive) as controller,
         ):
             tg.start_soon(collect, controller.results(), results)
             for index in range(200):
