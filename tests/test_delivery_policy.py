@@ -198,6 +198,37 @@ async def test_retry_after_gate_holds_the_function_while_others_flow(wire: Wire)
         assert controller.stats().per_function[addr("busy")].overloads == 1
 
 
+async def test_a_refresh_keeps_what_each_routed_function_learnt(wire: Wire) -> None:
+    with anyio.fail_after(WAIT):
+        gw = wire.gateway
+        gw.add_function("plain", topics="plain")  # no policy annotation
+        gw.add_function("gone", topics="gone")
+        adaptive = AdaptiveConcurrency(initial=2)
+        async with wire.controller(
+            adaptive_concurrency=adaptive, retry=RetryPolicy.disabled()
+        ) as controller:
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(controller.invoke, "plain", b"x")
+            await controller.invoke("gone", b"x")
+            gw.set_fault("plain", status=429, headers={"Retry-After": "1"}, times=1)
+            (refused,) = await controller.invoke("plain", b"x")  # not retried: the gate closes
+            before = controller.stats().per_function[addr("plain")]
+            assert before.gate_closed_for > 0
+            gw.remove_function("gone")
+            await controller.refresh()
+            after = controller.stats().per_function
+            assert addr("gone") not in after  # no longer routed: its lane went
+            assert after[addr("plain")].limit == before.limit  # learnt, not reset to initial
+            assert after[addr("plain")].overloads == 1
+            assert after[addr("plain")].gate_closed_for > 0  # still closed
+            (later,) = await controller.invoke("plain", b"later")
+        assert refused.status == 429
+        assert later.ok
+        plain = gw.invocations("plain")
+        assert plain[-1].time - plain[-2].time >= 0.9  # it waited for the gate, refresh or not
+
+
 # -- the retry budget ------------------------------------------------------------------------
 
 
