@@ -136,7 +136,8 @@ class Dispatcher:
         config = self._config
         policies: dict[str, FunctionPolicy] = {}
         problems: dict[str, tuple[str, ...]] = {}
-        for address in sorted(topic_map.addresses()):
+        addresses = topic_map.addresses()
+        for address in sorted(addresses):
             declared = topic_map.annotations_of(address)
             if not declared:
                 continue
@@ -157,7 +158,9 @@ class Dispatcher:
         # One assignment: an invocation sees the old map or the new one.
         self.topic_map = topic_map
         for address, lane in tuple(self._lanes.items()):
-            if address in policies or lane.in_flight or lane.waiters:
+            # A function still routed keeps its lane (its limit, gate and budget), annotated
+            # or not; one gone from the map keeps it only while it is busy.
+            if address in addresses or lane.in_flight or lane.waiters:
                 lane.update(self.policy_for(address), config.max_concurrency)
             else:
                 lane.close()

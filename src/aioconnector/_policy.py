@@ -61,22 +61,25 @@ def _fraction(*, above_zero: bool, below_one: bool) -> Any:
     low, high = ("> 0" if above_zero else ">= 0"), ("< 1" if below_one else "<= 1")
 
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            number = float(value)  # type: ignore[arg-type]
-            ok = (number > 0 if above_zero else number >= 0) and (
-                number < 1 if below_one else number <= 1
-            )
+        message = f"{attribute.name} must be a number {low} and {high}, got {value!r}"
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(message)
+        number = float(value)
+        ok = (number > 0 if above_zero else number >= 0) and (
+            number < 1 if below_one else number <= 1
+        )
         if not ok:
-            raise ValueError(f"{attribute.name} must be a number {low} and {high}, got {value!r}")
+            raise ValueError(message)
 
     return check
 
 
 def _positive_seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type, operator]
-        raise ValueError(f"{attribute.name} must be a number of seconds > 0, got {value!r}")
+    message = f"{attribute.name} must be a number of seconds > 0, got {value!r}"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(message)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(message)
 
 
 @attrs.frozen(kw_only=True)
@@ -86,9 +89,8 @@ class AdaptiveConcurrency:
     Each function starts at ``initial`` requests at once and grows by one per success while
     it uses at least half its limit (doubling each round trip), until its first overload
     signal (429, 502, 503, 504, a timeout, a refused connection). Then the limit drops to
-    ``decrease`` times itself, and to no more than the requests still in flight when the
-    function refused (what it evidently holds), and grows by one per round trip of successes
-    (``1/limit`` per success). Probing above a limit that was just refused waits ``hold``
+    ``decrease`` times itself (never below ``min``), and grows by one per round trip of
+    successes (``1/limit`` per success). Probing above a limit that was just refused waits ``hold``
     successes first, doubling after each refused probe (up to ``max_hold``): a function with
     a hard ``max_inflight`` is probed rarely, so it answers few 429s. One signal per round
     trip counts: answers to requests sent before the last decrease change nothing.
