@@ -122,6 +122,15 @@ def successes_until(lane: Lane, cap: int, *, sent_at: float, most: int = 10_000)
     return count
 
 
+def steady(limit: int, **adaptive: int) -> Lane:
+    """An adaptive lane past slow start, at ``limit``: started at twice that and refused once
+    (the first refusal halves the limit, as TCP's slow start ends)."""
+    lane, _ = make_lane(adaptive=AdaptiveConcurrency(initial=2 * limit, **adaptive))
+    refuse(lane, sent_at=-1.0)
+    assert (lane.limit, lane.cap) == (limit, limit)
+    return lane
+
+
 def refuse(lane: Lane, *, sent_at: float, status: int = 429) -> None:
     """The function refuses one request sent at ``sent_at``, with the lane full."""
     lane.in_flight = lane.cap
@@ -204,9 +213,13 @@ def test_overload_signals_decrease_the_limit(result: InvocationResult) -> None:
     lane, _ = make_lane(adaptive=AdaptiveConcurrency(initial=10))
     lane.in_flight = 10
     lane.done(result, 0)
-    assert lane.limit == pytest.approx(9.0)
-    assert lane.cap == 9
+    assert lane.limit == pytest.approx(5.0)  # the first signal ends slow start: halved
+    assert lane.cap == 5
     assert lane.stats(1).overloads == 1
+    lane.in_flight = 5
+    lane.done(result, 1)  # sent after that decrease: times `decrease`
+    assert lane.limit == pytest.approx(4.5)
+    assert lane.stats(2).overloads == 2
     fixed, _ = make_lane(max_concurrency=10)
     fixed.in_flight = 1
     fixed.done(result, 0)
@@ -238,24 +251,26 @@ def test_payload_errors_are_no_signal(result: InvocationResult) -> None:
 
 
 def test_the_decrease_factor_is_configurable() -> None:
-    lane, _ = make_lane(adaptive=AdaptiveConcurrency(initial=20, decrease=0.5))
+    lane, _ = make_lane(adaptive=AdaptiveConcurrency(initial=20, decrease=0.75))
     refuse(lane, sent_at=0)
-    assert (lane.limit, lane.cap) == (10, 10)
+    assert (lane.limit, lane.cap) == (10, 10)  # slow start ends: halved
+    refuse(lane, sent_at=1)
+    assert (lane.limit, lane.cap) == (7.5, 7)
 
 
 def test_one_decrease_per_round_trip() -> None:
     lane, _ = make_lane(adaptive=AdaptiveConcurrency(initial=10))
     lane.in_flight = 10  # ten requests sent at t=1
-    lane.done(answer(429, duration=0.5), 1.0)  # answered at 1.5: decrease
-    assert lane.limit == pytest.approx(9.0)
+    lane.done(answer(429, duration=0.5), 1.0)  # answered at 1.5: decrease (slow start ends)
+    assert lane.limit == pytest.approx(5.0)
     for _ in range(5):  # the rest of that round: sent before the decrease, already counted
         lane.done(answer(503, duration=0.7), 1.0)
-    assert lane.limit == pytest.approx(9.0)
+    assert lane.limit == pytest.approx(5.0)
     assert lane.overloads == 6
     lane.done(answer(429, duration=0.1), 1.6)  # sent after the decrease: a new signal
-    assert lane.limit == pytest.approx(8.1)
+    assert lane.limit == pytest.approx(4.5)
     lane.done(answer(None, error=UpstreamTimeoutError("t"), duration=1.0), 1.55)
-    assert lane.limit == pytest.approx(8.1)  # sent before the last decrease (at 1.7)
+    assert lane.limit == pytest.approx(4.5)  # sent before the last decrease (at 1.7)
     assert lane.in_flight == 2
 
 
@@ -272,8 +287,7 @@ def test_the_limit_never_goes_below_min() -> None:
 
 
 def test_after_a_decrease_the_limit_grows_by_one_per_round_trip() -> None:
-    adaptive = AdaptiveConcurrency(initial=10, hold=0, max_hold=0)
-    lane, _ = make_lane(adaptive=adaptive)
+    lane = steady(10, hold=0, max_hold=0)
     refuse(lane, sent_at=0)
     assert lane.cap == 9
     # Congestion avoidance: +1/limit per success, about one limit's worth of successes per +1.
@@ -296,13 +310,12 @@ def probe_intervals(lane: Lane, refusals: int) -> list[int]:
 
 
 def test_repeated_refusals_at_the_same_cap_space_the_probes_out() -> None:
-    adaptive = AdaptiveConcurrency(initial=11, hold=4, max_hold=32)
-    lane, _ = make_lane(adaptive=adaptive)
+    lane = steady(11, hold=4, max_hold=32)
     intervals = probe_intervals(lane, 8)
     # Each interval is the climb back (11 or 12 successes, as the fraction falls) plus the
     # hold, which grows with each refused probe up to max_hold: a function with a hard limit
     # is probed rarely.
-    eager, _ = make_lane(adaptive=AdaptiveConcurrency(initial=11, hold=0, max_hold=0))
+    eager = steady(11, hold=0, max_hold=0)
     climbs = probe_intervals(eager, 8)  # without a hold: the climb alone
     assert max(climbs) - min(climbs) <= 1
     holds = [interval - climb for interval, climb in zip(intervals, climbs, strict=True)]
@@ -313,8 +326,7 @@ def test_repeated_refusals_at_the_same_cap_space_the_probes_out() -> None:
 
 
 def test_a_probe_that_succeeds_above_the_refused_cap_ends_the_hold() -> None:
-    adaptive = AdaptiveConcurrency(initial=11, hold=8, max_hold=64)
-    lane, _ = make_lane(adaptive=adaptive)
+    lane = steady(11, hold=8, max_hold=64)
     probe_intervals(lane, 4)  # the hold grew
     # The function scaled out: the probe at 11 succeeds, and the next caps come a round trip
     # each, with no hold (neither at 12, nor at 13).
@@ -323,19 +335,18 @@ def test_a_probe_that_succeeds_above_the_refused_cap_ends_the_hold() -> None:
     # Refused at 13 later: a new cap, so the hold starts again from `hold`, not the grown one.
     refuse(lane, sent_at=11)
     interval = successes_until(lane, 13, sent_at=12)
-    fresh, _ = make_lane(adaptive=AdaptiveConcurrency(initial=13, hold=8, max_hold=64))
+    fresh = steady(13, hold=8, max_hold=64)
     refuse(fresh, sent_at=0)
     assert abs(interval - successes_until(fresh, 13, sent_at=1)) <= 1  # the fraction differs
 
 
 def test_a_refusal_below_the_refused_cap_holds_only_hold() -> None:
-    adaptive = AdaptiveConcurrency(initial=11, hold=4, max_hold=1024)
-    lane, _ = make_lane(adaptive=adaptive)
+    lane = steady(11, hold=4, max_hold=1024)
     probe_intervals(lane, 6)  # the hold grew to 64 at cap 11
     refuse(lane, sent_at=20)  # the probe at 11 refused: 9.9
     refuse(lane, sent_at=21)  # and at 9 now: the capacity shrank
     assert lane.cap == 8
-    fresh, _ = make_lane(adaptive=adaptive)  # refused at 9 the first time
+    fresh = steady(11, hold=4, max_hold=1024)  # refused at 9 the first time
     fresh.limit = 9.9
     fresh.cap = 9
     refuse(fresh, sent_at=0)
@@ -405,13 +416,13 @@ def test_adaptive_limit_learnt_while_the_gate_is_closed_applies_when_it_opens() 
     lane.in_flight = 10
     lane.done(answer(429, retry_after="1", duration=0.5), 1.0)
     assert lane.cap == 0
-    assert lane.limit == pytest.approx(9.0)
+    assert lane.limit == pytest.approx(5.0)  # slow start ends: halved
     for _ in range(5):  # answers still coming while closed: the cap stays 0
         lane.done(answer(503, duration=1.0), 2.0)
     assert lane.cap == 0
-    assert lane.limit == pytest.approx(8.1)
+    assert lane.limit == pytest.approx(4.5)
     timers[0].fire()
-    assert lane.cap == 8
+    assert lane.cap == 4
 
 
 def test_close_cancels_the_gate_timer() -> None:
@@ -631,7 +642,7 @@ def test_stats_show_the_lane() -> None:
     lane.done(answer(503, retry_after="2", duration=0.0), 1.0)
     assert not lane.may_retry(1.0)
     assert lane.stats(2.0) == FunctionState(
-        limit=pytest.approx(4.5),  # type: ignore[arg-type]
+        limit=pytest.approx(2.5),  # type: ignore[arg-type]  # slow start ends: halved
         in_flight=1,
         waiting=0,
         gate_closed_for=1.0,

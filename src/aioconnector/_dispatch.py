@@ -320,7 +320,9 @@ class Dispatcher:
         try:
             self._counts.started += 1
             started = sent = clock()
-            lane.firsts += 1  # for its retry budget
+            if started >= lane.budget_end:  # Lane.first_attempt, inlined: counted for the
+                lane.turn_buckets(started)  # function's retry budget
+            lane.firsts_now += 1
             attempt = 0  # requests made so far
             while True:
                 invoker = self.invoker

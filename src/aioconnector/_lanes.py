@@ -45,9 +45,8 @@ class Lane:
 
     __slots__ = (
         "_adaptive",
-        "_b_end",
+        "_b_firsts",
         "_b_index",
-        "_b_marks",
         "_b_retries",
         "_b_width",
         "_budget",
@@ -60,9 +59,10 @@ class Lane:
         "_last_decrease",
         "_low",
         "_slow_start",
+        "budget_end",
         "cap",
         "denied_retries",
-        "firsts",
+        "firsts_now",
         "fixed",
         "gate_until",
         "in_flight",
@@ -101,16 +101,16 @@ class Lane:
         self.limit = self._low = self._high = 0.0
         self.cap = 0
         self._set_policy(policy, max_concurrency, initial=True)
-        # Retry budget over a sliding window of buckets: the first attempts so far (counted
-        # by the data path, one increment per invocation), their count when each bucket
-        # began, and the retries in each bucket.
+        # Retry budget: first attempts and retries per bucket of a sliding window. The data
+        # path counts a first attempt inline (`first_attempt`'s two lines): ``firsts_now`` is
+        # the current bucket's count until the bucket is turned at ``budget_end``.
         self._budget = budget
-        self.firsts = 0
-        self._b_marks = [0] * _BUCKETS
+        self.firsts_now = 0
+        self._b_firsts = [0] * _BUCKETS
         self._b_retries = [0] * _BUCKETS
         self._b_index = 0
         self._b_width = math.inf if budget is None else budget.window / _BUCKETS
-        self._b_end = now + self._b_width
+        self.budget_end = now + self._b_width
 
     # -- policy --------------------------------------------------------------------------
 
@@ -202,6 +202,10 @@ class Lane:
         if adaptive is None or sent_at < self._last_decrease:
             return  # sent before the last decrease: that one already accounted for it
         self._last_decrease = now
+        # Slow start overshoots by up to twice the capacity (the limit doubles per round trip):
+        # its first refusal halves the limit, as TCP's slow start ends, so a function is not
+        # flooded for the several round trips that decrease alone would take.
+        factor = 0.5 if self._slow_start else adaptive.decrease
         self._slow_start = False
         refused = int(self.limit)
         if self._low < refused >= self._ceiling:
@@ -214,7 +218,7 @@ class Lane:
             # client took some); find the new one without waiting long.
             self._hold = adaptive.hold
         self._ceiling = refused
-        self.limit = max(self.limit * adaptive.decrease, self._low)
+        self.limit = max(self.limit * factor, self._low)
         if self.gate_until == -math.inf:
             self.cap = _as_cap(self.limit)
 
@@ -249,34 +253,37 @@ class Lane:
 
     # -- retry budget ----------------------------------------------------------------------
 
+    def first_attempt(self, now: float) -> None:
+        """Count a first attempt: it adds to the retry budget. (The data path inlines this.)"""
+        if now >= self.budget_end:
+            self.turn_buckets(now)
+        self.firsts_now += 1
+
     def may_retry(self, now: float) -> bool:
         """Whether the budget allows one more retry now; if so, it is counted."""
         budget = self._budget
         if budget is None:
             return True
-        if now >= self._b_end:
-            self._rotate(now)
-        # The first attempts since the oldest bucket of the window began.
-        in_window = self.firsts - self._b_marks[(self._b_index + 1) % _BUCKETS]
-        if sum(self._b_retries) < budget.ratio * in_window + budget.minimum:
+        if now >= self.budget_end:
+            self.turn_buckets(now)
+        firsts = sum(self._b_firsts) - self._b_firsts[self._b_index] + self.firsts_now
+        if sum(self._b_retries) < budget.ratio * firsts + budget.minimum:
             self._b_retries[self._b_index] += 1
             return True
         self.denied_retries += 1
         return False
 
-    def _rotate(self, now: float) -> None:
-        """Move the window on to ``now``. Buckets are only turned here, when a retry is asked
-        for: the first attempts since the current bucket began are spread evenly over the
-        time since, to mark where each bucket passed over began."""
-        width, began = self._b_width, self._b_end - self._b_width
-        mark = self._b_marks[self._b_index]
-        rate = (self.firsts - mark) / (now - began)
-        steps = int((now - self._b_end) // width) + 1
-        for step in range(max(0, steps - _BUCKETS), steps):
+    def turn_buckets(self, now: float) -> None:
+        """Move the window on to ``now``, forgetting the buckets that fell out of it."""
+        width = self._b_width
+        steps = int((now - self.budget_end) // width) + 1
+        self._b_firsts[self._b_index] = self.firsts_now
+        for _ in range(min(steps, _BUCKETS)):
             self._b_index = (self._b_index + 1) % _BUCKETS
-            self._b_marks[self._b_index] = mark + round(rate * (step + 1) * width)
+            self._b_firsts[self._b_index] = 0
             self._b_retries[self._b_index] = 0
-        self._b_end += steps * width
+        self.firsts_now = 0
+        self.budget_end += steps * width
 
     # -- what stats() shows ------------------------------------------------------------------
 

@@ -88,8 +88,9 @@ class AdaptiveConcurrency:
 
     Each function starts at ``initial`` requests at once and grows by one per success while
     it uses at least half its limit (doubling each round trip), until its first overload
-    signal (429, 502, 503, 504, a timeout, a refused connection). Then the limit drops to
-    ``decrease`` times itself (never below ``min``), and grows by one per round trip of
+    signal (429, 502, 503, 504, a timeout, a refused connection), which halves it (slow start
+    overshoots by up to twice the capacity, as in TCP). From then on each overload signal
+    multiplies it by ``decrease`` (never below ``min``), and it grows by one per round trip of
     successes (``1/limit`` per success). Probing above a limit that was just refused waits ``hold``
     successes first, doubling after each refused probe (up to ``max_hold``): a function with
     a hard ``max_inflight`` is probed rarely, so it answers few 429s. One signal per round
