@@ -133,16 +133,23 @@ def dialect_of(matching: str) -> Dialect | None:
     return dialect
 
 
+# Shared by every node without children or subscribers (most leaves, most inner nodes): a
+# 10,000-pattern trie is then a few MiB, not tens. Never mutated: _add replaces them.
+_NO_CHILDREN: Final[dict[str, _Node]] = {}
+_NO_SUBSCRIBERS: Final[tuple[str, ...]] = ()
+
+
 @final
 class _Node:
     __slots__ = ("children", "many", "one", "self_loop", "subscribers")
 
     def __init__(self, *, self_loop: bool = False) -> None:
-        self.children: dict[str, _Node] = {}
+        self.children: dict[str, _Node] = _NO_CHILDREN
         self.one: _Node | None = None
         self.many: _Node | None = None  # reached without consuming a token
         self.self_loop = self_loop  # a "many" node: stays here on any token
-        self.subscribers: set[str] = set()
+        # A list: a third of a set's size, and matching makes a set of them anyway.
+        self.subscribers: tuple[str, ...] | list[str] = _NO_SUBSCRIBERS
 
 
 @final
@@ -170,46 +177,83 @@ class Trie:
                 node = node.many
             else:
                 assert isinstance(step, str)  # noqa: S101 - a literal token
+                if node.children is _NO_CHILDREN:
+                    node.children = {}
                 child = node.children.get(step)
                 if child is None:
                     child = node.children[step] = _Node()
                 node = child
-        if not node.subscribers:
+        if node.subscribers is _NO_SUBSCRIBERS:
+            node.subscribers = []
             self.size += 1  # distinct patterns ("#.#" is "#")
-        node.subscribers.add(address)
+        assert isinstance(node.subscribers, list)  # noqa: S101 - made just above
+        node.subscribers.append(address)
 
     def match(self, topic: str) -> set[str]:
         """The addresses of every pattern that ``topic`` matches."""
         dialect = self._dialect
         tokens = topic.split(dialect.separator)
         root = self._root
-        states: set[_Node]
         if dialect.dollar_rule and topic.startswith("$"):
             # MQTT 4.7.2: a wildcard at the first level never matches a "$" topic.
             first = root.children.get(tokens[0])
             if first is None:
                 return set()
-            states = _closure({first})
-            tokens = tokens[1:]
+            start, tokens = first, tokens[1:]
         else:
-            states = _closure({root})
-        for token in tokens:
-            following: set[_Node] = set()
-            for node in states:
-                child = node.children.get(token)
-                if child is not None:
-                    following.add(child)
-                if node.one is not None:
-                    following.add(node.one)
-                if node.self_loop:
-                    following.add(node)
-            if not following:
-                return set()
-            states = _closure(following)
+            start = root
+        walk = _walk if dialect.many_last else _walk_nfa
+        states: Iterable[_Node] = walk(start, tokens)
         found: set[str] = set()
         for node in states:
-            found |= node.subscribers
+            if node.subscribers:
+                found.update(node.subscribers)
         return found
+
+
+def _walk(start: _Node, tokens: list[str]) -> list[_Node]:
+    """The nodes ``tokens`` lead to when a "many" node ends its pattern (nats, mqtt): a node
+    is then reached by one path only, so a list never holds one twice."""
+    states = [start] if start.many is None else [start, start.many]
+    for token in tokens:
+        following: list[_Node] = []
+        for node in states:
+            child = node.children.get(token)
+            if child is not None:
+                following.append(child)
+                if child.many is not None:
+                    following.append(child.many)
+            one = node.one
+            if one is not None:
+                following.append(one)
+                if one.many is not None:
+                    following.append(one.many)
+            if node.self_loop:
+                following.append(node)
+        if not following:
+            return following
+        states = following
+    return states
+
+
+def _walk_nfa(start: _Node, tokens: list[str]) -> set[_Node]:
+    """The nodes ``tokens`` lead to when "many" nodes may have children (amqp: "a.#.b"), so
+    that several paths reach the same node: a set of states, as an NFA."""
+    states = _closure({start})
+    for token in tokens:
+        following: set[_Node] = set()
+        for node in states:
+            child = node.children.get(token)
+            if child is not None:
+                following.add(child)
+            if node.one is not None:
+                following.add(node.one)
+            if node.self_loop:
+                following.add(node)
+        if not following:
+            return following
+        states = _closure(following)
+    return states
 
 
 def _closure(states: set[_Node]) -> set[_Node]:
