@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 
 from aioconnector import ControllerConfig
 from aioconnector import _topics as topics_module
+from aioconnector._cli import _parser
 from aioconnector._message import topic_problem
 from aioconnector._topics import TopicMap, WildcardTopicMap, parse_functions
 from aioconnector._wildcards import dialect_of
+from aioconnector.connectors._settings import controller_config
 
 from .helpers import Wire
 
@@ -363,6 +365,17 @@ def test_config_field_and_variable() -> None:
         ControllerConfig(gateway_url="http://127.0.0.1:1", topic_matching="glob")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="topic_matching must be a str"):
         ControllerConfig(gateway_url="http://127.0.0.1:1", topic_matching=None)  # type: ignore[arg-type]
+
+
+def test_connectors_take_the_flag_over_the_variable() -> None:
+    args = _parser().parse_args(["connect", "mqtt", "--topic-matching", "mqtt"])
+    config = controller_config(vars(args), {"topic_matching": "amqp"})
+    assert config.topic_matching == "mqtt"
+    args = _parser().parse_args(["connect", "mqtt"])
+    assert controller_config(vars(args), {"topic_matching": "amqp"}).topic_matching == "amqp"
+    args = _parser().parse_args(["connect", "mqtt", "--topic-matching", "glob"])
+    with pytest.raises(ValueError, match=r"^--topic-matching: topic_matching must be one of"):
+        controller_config(vars(args), {})
 
 
 # -- end to end, through a FakeGateway -------------------------------------------------------
