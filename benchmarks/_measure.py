@@ -409,6 +409,13 @@ async def run_policy(job: Job) -> None:
     await run_delivery(job)
 
 
+async def run_matching(job: Job) -> None:
+    """Scenario h (``_matching.py``)."""
+    from _matching import run_matching as run  # noqa: PLC0415
+
+    await run(job)
+
+
 RUNNERS: Final = {
     "a": run_throughput,
     "b": run_throughput,
@@ -416,6 +423,7 @@ RUNNERS: Final = {
     "d": run_memory,
     "e": run_added_latency,
     "g": run_policy,
+    "h": run_matching,
 }
 
 

@@ -40,6 +40,10 @@ TITLES: Final = {
     "g3": "g3: outage, a function offered {g_outage_rate:.0f} msg/s goes down for {g_outage} s "
     "({g_status}) and comes back; retries in the outage against the budget (ratio x first "
     "attempts in the window + minimum); recovery = until successes stay >= 90% of the rate",
+    "h": "h: topic matching, {h_subscriptions:,} subscriptions (a quarter each: 's.d.*', "
+    "'s.*.m', 's.d.>' or '#', a plain topic); us per functions_for call: plain = a topic an "
+    "annotation names, hit = a topic seen before (cached), miss = a new topic (the trie); "
+    "exact: plain = subscribed, miss = unknown",
 }
 
 
@@ -283,10 +287,23 @@ COLUMNS["g3"] = [
     ("recovery s", lambda r: "never" if r["recovery_s"] is None else _num(r["recovery_s"], 1)),
     ("note", _policy_note),
 ]
+COLUMNS["h"] = [
+    ("backend", lambda r: r["backend"]),
+    ("matching", lambda r: r["mode"]),
+    ("subscriptions", lambda r: _int(r["subscriptions"])),
+    ("patterns", lambda r: _int(r["patterns"])),
+    ("build ms", lambda r: _num(r["build_ms"], 1)),
+    ("map KiB", lambda r: _num(r["map_kib"], 0)),
+    ("plain us", lambda r: _num(r["plain_us"], 3)),
+    ("hit us", lambda r: _num(r["hit_us"], 3) if r["mode"] != "exact" else "-"),
+    ("miss us", lambda r: _num(r["miss_us"], 3)),
+    ("matched/miss", lambda r: _num(r["matched_per_miss"], 2)),
+]
 COLUMNS["b"] = COLUMNS["a"]
 #: How many leading columns are text (left-aligned); the others are right-aligned.
-_TEXT_COLUMNS: Final = {"c": 4, "f": 2, "g1": 2, "g2": 2, "g3": 2}
+_TEXT_COLUMNS: Final = {"c": 4, "f": 2, "g1": 2, "g2": 2, "g3": 2, "h": 2}
 _POLICY_ORDER: Final = ("fixed", "adaptive")
+_MATCHING_ORDER: Final = ("exact", "nats", "mqtt", "amqp")
 
 
 def table_key(row: Row) -> str:
@@ -299,6 +316,8 @@ def _order(row: Row) -> tuple[Any, ...]:
     if row["scenario"] == "g":
         mode = _POLICY_ORDER.index(row["mode"]) if row["mode"] in _POLICY_ORDER else 9
         return (backend, mode, str(row.get("adaptive")))
+    if row["scenario"] == "h":
+        return (backend, _MATCHING_ORDER.index(row["mode"]))
     return (
         row["case"] != "one-loop",
         backend,

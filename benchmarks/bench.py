@@ -15,7 +15,10 @@ Scenarios (each on asyncio, uvloop when installed, and trio):
 - f: idle RSS of a running controller (topic map built, no message), and with the library imported;
 - g: delivery policy, fixed bound vs adaptive concurrency (asyncio and trio only), against an
   in-process ``FakeGateway``: 1. a function with ``max_inflight=4`` flooded, 2. that function
-  and a fast one on two topics, 3. a 5 s outage under steady load (``_delivery.py``).
+  and a fast one on two topics, 3. a 5 s outage under steady load (``_delivery.py``);
+- h: topic matching at 10,000 subscriptions, per ``topic_matching`` dialect (exact, nats, mqtt,
+  amqp): µs per ``functions_for`` for a plain topic, a cached topic and a new one, and the
+  map's build time and size (``_matching.py``; no gateway, the first backend only).
 
 Clients, all measured in the same run: ``raw`` (a minimal HTTP/1.1 keep-alive client: the
 ceiling), ``httpx`` (a bare ``AsyncClient`` with ``Limits(C, C)``), ``aioconnector``
@@ -50,7 +53,7 @@ SRC: Final = HERE.parent / "src"
 STUB: Final = HERE / "stub_server.py"
 IDLE_CHILD: Final = HERE / "_idle.py"  # scenario f's aioconnector child: lean on purpose
 DEFAULT_OUTPUT: Final = HERE / "results.json"
-SCENARIOS: Final = ("a", "b", "c", "d", "e", "f", "g")
+SCENARIOS: Final = ("a", "b", "c", "d", "e", "f", "g", "h")
 #: Scenario g measures behaviour, not speed: asyncio and trio (uvloop behaves as asyncio).
 POLICY_BACKENDS: Final = ("asyncio", "trio")
 POLICY_PARTS: Final = (1, 2, 3)
@@ -81,6 +84,7 @@ PLAN: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "f": (("aioconnector", "idle"),),  # raw and bare httpx hold no topic map: nothing to compare
     "g": (("aioconnector", "fixed"), ("aioconnector", "adaptive")),
+    "h": tuple(("aioconnector", matching) for matching in ("exact", "nats", "mqtt", "amqp")),
 }
 
 
@@ -118,6 +122,9 @@ class Settings:
     outage: float = 5.0
     outage_after: float = 4.0
     outage_status: int = 503
+    # h: topic matching
+    match_subscriptions: int = 10_000
+    match_lookups: int = 100_000  # per measured loop (plain, hit, miss), best of 5
 
 
 QUICK: Final = Settings(
@@ -138,6 +145,7 @@ QUICK: Final = Settings(
     slow_rate=200.0,
     mixed_duration=0.5,
     outage_rate=100.0,
+    match_lookups=5_000,
     outage_before=0.5,
     outage=0.5,
     outage_after=0.6,
@@ -272,6 +280,8 @@ def build_jobs(
         for backend in backends:
             if scenario == "g" and backend not in POLICY_BACKENDS:
                 continue
+            if scenario == "h" and backend != backends[0]:
+                continue  # no I/O: one backend says it all
             for client, mode in _plan(scenario, go_peer):
                 if client not in clients and client != _gopeer.CLIENT:
                     continue
@@ -301,6 +311,9 @@ def build_jobs(
                     job |= {"cap": s.memory_cap, "timeout": s.memory_cap + 120}
                 elif scenario == "g":
                     job |= _policy_job(s, policy)
+                elif scenario == "h":
+                    job |= {"delay": None, "subscriptions": s.match_subscriptions}
+                    job |= {"lookups": s.match_lookups, "timeout": 300}
                 elif scenario == "f":
                     job |= {"delay": 0.0, "concurrency": s.idle_concurrency}
                     job |= {"idle": s.idle_wait, "timeout": s.idle_wait + 60}
@@ -363,6 +376,8 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             parts.append(f"p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
         elif row["scenario"] == "g":
             parts.append(_policy_summary(row))
+        elif row["scenario"] == "h":
+            parts.append(f"hit {row['hit_us']:.2f} us, miss {row['miss_us']:.2f} us")
         elif row["scenario"] == "f":
             imported = row.get("rss_imported_mib")
             before = "" if imported is None else f"imported {imported:.1f} MiB, "
@@ -451,7 +466,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scenario",
         type=lambda t: _names(t, SCENARIOS, "--scenario"),
         default=list(SCENARIOS),
-        help="comma-separated, among a,b,c,d,e,f,g (default: all)",
+        help="comma-separated, among a,b,c,d,e,f,g,h (default: all)",
     )
     parser.add_argument(
         "--backend",
@@ -588,6 +603,7 @@ def _context(settings: Settings) -> dict[str, Any]:
         "g_outage_rate": settings.outage_rate,
         "g_outage": settings.outage,
         "g_status": settings.outage_status,
+        "h_subscriptions": settings.match_subscriptions,
     }
 
 

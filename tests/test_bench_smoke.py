@@ -227,3 +227,32 @@ def test_quick_delivery_policy_run(tmp_path: Path) -> None:
     expected |= {("g1", f"{backend} adaptive") for backend in ("asyncio", "trio")}
     assert where == expected
     assert sum(t["target"].startswith(("g2", "g3")) for t in targets) == 2 * 2 * 4
+
+
+@pytest.mark.timeout(90)
+def test_quick_matching_run(tmp_path: Path) -> None:
+    """Scenario h: one row per topic dialect, at 10,000 subscriptions, on one backend."""
+    output = tmp_path / "results.json"
+    completed = run_quick(output, scenario="h")
+    lines = completed.stdout.splitlines()
+    header = next((line for line in lines if line.startswith("backend ")), None)
+    assert header is not None, completed.stdout
+    for column in ("matching", "subscriptions", "build ms", "plain us", "hit us", "miss us"):
+        assert column in header
+    rows = [line.split() for line in lines if line.startswith("asyncio ")]
+    assert [cells[1] for cells in rows] == ["exact", "nats", "mqtt", "amqp"], completed.stdout
+
+    document = json.loads(output.read_text())
+    assert document["failures"] == []
+    measured = {row["mode"]: row for row in document["rows"]}
+    assert set(measured) == {"exact", "nats", "mqtt", "amqp"}
+    for matching, row in measured.items():
+        assert row["scenario"] == "h"
+        assert row["subscriptions"] == 10_000
+        assert row["plain_us"] > 0
+        assert row["miss_us"] > 0
+        # A quarter of the subscriptions are plain topics; in exact, every one is.
+        assert row["patterns"] == (0 if matching == "exact" else 7_500)
+        # A new topic 's<a>.d<b>.<new>' matches 's<a>.d<b>.*' when a % 4 == 0 and
+        # 's<a>.d<b>.>' (or '#') when a % 4 == 2: half a function on average; none in exact.
+        assert row["matched_per_miss"] == (0.0 if matching == "exact" else 0.5)

@@ -17,6 +17,7 @@ from ._policy import AdaptiveConcurrency, RetryBudget
 from ._retry import RetryPolicy
 from ._topics import SAFE_NAME_RE
 from ._version import __version__
+from ._wildcards import TOPIC_MATCHINGS, TopicMatching
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -231,6 +232,15 @@ def _check_namespaces(_: object, attribute: attrs.Attribute[Any], value: object)
             raise ValueError(f"{attribute.name} must hold valid namespace names, got {item!r}")
 
 
+def _check_matching(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__}")
+    if value not in TOPIC_MATCHINGS:
+        raise ValueError(
+            f"{attribute.name} must be one of {', '.join(TOPIC_MATCHINGS)}, got {value!r}"
+        )
+
+
 def _float(default: float, low: float = 0, *, strict: bool = True) -> Any:
     return attrs.field(
         default=default, converter=_int_to_float, validator=_number(low, strict=strict)
@@ -248,6 +258,8 @@ class ControllerConfig:
     lookup_timeout: float = _float(10.0)
     rebuild_interval: float = _float(30.0)
     topic_delimiter: str = attrs.field(default=",", validator=_text(empty=False))
+    # Wildcards in topic annotations, in a broker's dialect; "exact" (none) as OpenFaaS.
+    topic_matching: TopicMatching = attrs.field(default="exact", validator=_check_matching)
     async_invocation: bool = attrs.field(default=False, validator=_instance(bool))
     callback_url: str | None = attrs.field(default=None, validator=_check_callback_url)
     content_type: str | None = attrs.field(
@@ -367,6 +379,10 @@ def _parse_adaptive(text: str) -> AdaptiveConcurrency | None:
     return AdaptiveConcurrency() if parse_bool(text) else None
 
 
+def _parse_word(text: str) -> str:
+    return text.strip().lower()
+
+
 def _parse_names(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     if not names:
@@ -381,6 +397,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
         ("rebuild_interval", "lookup_timeout", "startup_timeout", "drain_timeout"), parse_duration
     ),
     "topic_delimiter": str,
+    "topic_matching": _parse_word,
     **dict.fromkeys(("content_type", "callback_url", "user_agent", "connector_name"), str.strip),
     "asynchronous_invocation": parse_bool,
     **dict.fromkeys(("auth_invocations", "verify_tls"), parse_bool),

@@ -308,11 +308,15 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         return self._hub.subscribe()
 
     def topics(self) -> frozenset[str]:
-        """The topics currently routed to at least one function."""
+        """The topics currently routed to at least one function: the topics of the functions'
+        annotations, as written (with a wildcard ``topic_matching``, patterns included)."""
         return self._dispatch.topic_map.topics()
 
     def functions_for(self, topic: str) -> tuple[str, ...]:
-        """The addresses (``name.namespace``) of the functions a message on ``topic`` invokes."""
+        """The addresses (``name.namespace``) of the functions a message on ``topic`` invokes,
+        sorted: with a wildcard ``topic_matching``, those whose annotation names ``topic`` and
+        those with a pattern that matches it (a pattern given here is matched as a plain
+        topic: ``*`` is then just a token)."""
         return self._dispatch.topic_map.functions_for(topic)
 
     def policy_for(self, function: str) -> FunctionPolicy:

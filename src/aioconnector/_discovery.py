@@ -64,13 +64,16 @@ class Discovery:
                 raise self._not_a_gateway(namespace)
             _check_status(status, "/system/functions")
             parsed = parse_functions(
-                payload, namespace=namespace, delimiter=self._config.topic_delimiter
+                payload,
+                namespace=namespace,
+                delimiter=self._config.topic_delimiter,
+                matching=self._config.topic_matching,
             )
             routes.extend(parsed.routes)
             annotations.extend(parsed.annotations)
             skipped.update(parsed.skipped)
         self._report_skipped(frozenset(skipped))
-        return TopicMap.build(routes, annotations)
+        return TopicMap.build(routes, annotations, matching=self._config.topic_matching)
 
     async def fetch_at_startup(self, on_retry: StartupRetryHook | None = None) -> TopicMap:
         """Retry `fetch` with backoff until ``startup_timeout``; 401/403 and a 404 on

@@ -226,7 +226,7 @@ class Dispatcher:
             self._counts.unmatched += 1
         elif cache:
             # Only routed topics are kept: they come from the gateway, not from the message
-            # source, so a source sending endless distinct topics cannot grow the cache.
+            # source (with wildcard topics, any topic a pattern matches: the bound holds).
             if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
                 self._topic_headers.clear()
             self._topic_headers[topic] = merged

@@ -285,6 +285,7 @@ CONTROLLER_VARIABLES: Final = (
     _Variable("max_pending_async", "async invocations awaiting callbacks", _D("max_pending_async")),
     _Variable("content_type", "Content-Type of invocations"),
     _Variable("topic_delimiter", "in topic annotations", repr(_D("topic_delimiter"))),
+    _Variable("topic_matching", "wildcards in topic annotations: exact, nats, mqtt, amqp", "exact"),
     _Variable("namespaces", "function namespaces, comma-separated", "ask the gateway"),
     _Variable("max_concurrency", "messages in flight", _D("max_concurrency")),
     _Switch("adaptive_concurrency", "learn each function's capacity (AIMD)", "false"),
