@@ -166,9 +166,10 @@ def test_quick_idle_run_with_a_go_peer(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_quick_delivery_policy_run(tmp_path: Path) -> None:
-    """Scenario g in miniature on asyncio and trio: three tables, figures that add up."""
+    """Scenario g in miniature: three tables, figures that add up. (On asyncio only: the
+    bench's own code is the same for both backends, and each run is a few seconds.)"""
     output = tmp_path / "results.json"
-    completed = run_quick(output, "--backend", "asyncio,trio", scenario="g")
+    completed = run_quick(output, "--backend", "asyncio", scenario="g")
     for title in ("g1: overload", "g2: mixed", "g3: outage"):
         assert title in completed.stdout, completed.stdout
 
@@ -179,7 +180,7 @@ def test_quick_delivery_policy_run(tmp_path: Path) -> None:
     runs = {(row["backend"], row["mode"], row["part"]) for row in rows}
     assert runs == {
         (backend, mode, part)
-        for backend in ("asyncio", "trio")
+        for backend in ("asyncio",)
         for mode in ("fixed", "adaptive")
         for part in (1, 2, 3)
     }
@@ -219,14 +220,11 @@ def test_quick_delivery_policy_run(tmp_path: Path) -> None:
     assert {t["status"] for t in targets} <= {"met", "missed"}
     where = {(t["target"][:2], t["where"]) for t in targets}
     expected = {
-        (part, f"{backend} {mode}")
-        for backend in ("asyncio", "trio")
-        for mode in ("fixed", "adaptive")
-        for part in ("g2", "g3")
+        (part, f"asyncio {mode}") for mode in ("fixed", "adaptive") for part in ("g2", "g3")
     }
-    expected |= {("g1", f"{backend} adaptive") for backend in ("asyncio", "trio")}
+    expected |= {("g1", "asyncio adaptive")}
     assert where == expected
-    assert sum(t["target"].startswith(("g2", "g3")) for t in targets) == 2 * 2 * 4
+    assert sum(t["target"].startswith(("g2", "g3")) for t in targets) == 2 * 4
 
 
 @pytest.mark.timeout(90)
