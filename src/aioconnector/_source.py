@@ -19,6 +19,7 @@ import anyio
 import attrs
 
 from ._errors import DiscoveryError, only_exception
+from ._stats import Counts
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -53,6 +54,10 @@ class SourceMessage:
     headers: Mapping[str, str] | None = None
     message_id: str | None = None
     """Sent as ``X-Message-Id`` (unless ``headers`` has one), so functions can deduplicate."""
+    trace_context: Mapping[str, str] | None = None
+    """The W3C trace context the message carried (``traceparent``, ``tracestate``), from the
+    broker's own headers; read only when the controller traces (``tracing=``), as is, when
+    this is ``None``, a ``traceparent`` in ``headers`` or in a CloudEvent body."""
 
 
 class Settlement(enum.Enum):
@@ -91,6 +96,7 @@ class _Counter(Generic[T]):
     received: int = 0
     settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
     pending: dict[int, T] = attrs.Factory(dict)  # taken from the source, not yet settled
+    totals: Counts = attrs.Factory(Counts)  # the controller's, for stats() and metrics
 
 
 async def run_source(
@@ -104,6 +110,7 @@ async def run_source(
     stop_signals: Sequence[signal.Signals] = (),
     drain_timeout: float | None = None,
     release: Callable[[T], Awaitable[None]] | None = None,
+    messaging_system: str = "aioconnector",
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
     """Feed every message of ``source`` to ``controller`` and settle it from its results.
@@ -121,13 +128,18 @@ async def run_source(
     input) that are ``ValueError``/``TypeError`` settle the message as INVALID; any other
     exception, and any from ``settle``, ends the run and propagates. With ``tg.start(...)`` it
     reports ready once it listens for ``stop_signals`` and its workers wait for messages.
+
+    Each message taken and settled is also counted in the controller's ``stats()`` (and its
+    metrics). When the controller traces, each message gets a CONSUMER span ``process
+    {topic}`` with ``messaging.system`` = ``messaging_system`` (the broker's name), parented
+    on the trace context the message carried (`SourceMessage.trace_context`).
     """
     workers = max_in_flight if max_in_flight is not None else controller.config.max_concurrency
     if workers < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {workers}")
     grace = controller.config.drain_timeout if drain_timeout is None else drain_timeout
     stop = stop or anyio.Event()
-    counter: _Counter[T] = _Counter()
+    counter: _Counter[T] = _Counter(totals=controller._counts)
 
     busy_workers = workers
     workers_done = anyio.Event()
@@ -136,7 +148,9 @@ async def run_source(
         nonlocal busy_workers
         async with receive:
             async for item in receive:
-                await _handle(controller, item, convert, settle, counter)
+                await _handle(
+                    controller, item, convert, settle, counter, messaging_system=messaging_system
+                )
         busy_workers -= 1
         if not busy_workers:
             workers_done.set()
@@ -166,6 +180,7 @@ async def run_source(
     if error is not None:
         raise error  # outside `except`: its own __cause__ and __context__ stay
     unsettled = len(counter.pending)
+    counter.totals.source_in_flight -= unsettled  # left to the broker: no longer ours
     if unsettled:
         logger.warning("%d message(s) left unsettled at stop", unsettled)
         if release is not None:
@@ -181,6 +196,7 @@ async def _feed(
         async for item in iterator:
             counter.received += 1
             counter.pending[id(item)] = item
+            counter.totals.source_in_flight += 1
             await send.send(item)  # waits for a free worker: the in-flight bound
     finally:
         aclose = getattr(iterator, "aclose", None)
@@ -195,32 +211,45 @@ async def _handle(
     convert: Callable[[T], SourceMessage],
     settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
     counter: _Counter[T],
+    *,
+    messaging_system: str,
 ) -> None:
     results: Sequence[InvocationResult] = ()
+    verdict = Settlement.INVALID
+    consuming = None  # tracing: the message's span, current until it is settled
     try:
-        message = convert(item)
-        headers = dict(message.headers or {})
-        if message.message_id is not None and not any(
-            name.lower() == "x-message-id" for name in headers
-        ):
-            headers["X-Message-Id"] = message.message_id
-        results = await controller.invoke(
-            message.topic, message.body, headers=headers, context=item
-        )
-        if not results and await _refreshed_for(controller, message.topic):
+        try:
+            message = convert(item)
+            if controller.tracer is not None:
+                consuming = controller.tracer.consume(message, messaging_system)
+            headers = dict(message.headers or {})
+            if message.message_id is not None and not any(
+                name.lower() == "x-message-id" for name in headers
+            ):
+                headers["X-Message-Id"] = message.message_id
             results = await controller.invoke(
                 message.topic, message.body, headers=headers, context=item
             )
-        verdict = settlement_of(results)
-    except (ValueError, TypeError) as exc:
-        logger.warning("invalid message from the source: %s", exc)
-        verdict = Settlement.INVALID
-    # The invocations are over: do not let a stop cut the ack (or nak) in half.
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + _SETTLE_GRACE
-        await settle(item, verdict, results)
-        counter.settled[verdict] += 1
-        del counter.pending[id(item)]
+            if not results and await _refreshed_for(controller, message.topic):
+                results = await controller.invoke(
+                    message.topic, message.body, headers=headers, context=item
+                )
+            verdict = settlement_of(results)
+        except (ValueError, TypeError) as exc:
+            logger.warning("invalid message from the source: %s", exc)
+            verdict = Settlement.INVALID
+        # The invocations are over: do not let a stop cut the ack (or nak) in half.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _SETTLE_GRACE
+            await settle(item, verdict, results)
+            counter.settled[verdict] += 1
+            del counter.pending[id(item)]
+            totals = counter.totals
+            totals.source_in_flight -= 1
+            totals.settled[verdict.value] = totals.settled.get(verdict.value, 0) + 1
+    finally:
+        if consuming is not None:
+            consuming.end(verdict, results)
 
 
 async def _refreshed_for(controller: AsyncController, topic: str) -> bool:
