@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from opentelemetry.context import Context
-    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.trace import Span, SpanContext, TracerProvider
 
     from ._config import ControllerConfig
     from ._invoke import Invoker
@@ -56,11 +56,14 @@ class TraceState:
     """One invocation's trace context (the caller's, captured where it was accepted) and how
     many requests it made, carried in `Invocation.trace` to the task that sends it."""
 
-    __slots__ = ("parent", "requests")
+    __slots__ = ("first", "parent", "requests")
 
     def __init__(self, parent: Context) -> None:
         self.parent = parent
         self.requests = 0
+        # The first request's span: each resend links to it (without a parent span the
+        # requests are roots of their own traces; the link ties them together).
+        self.first: SpanContext | None = None
 
     def fork(self) -> TraceState:
         """The same parent, for another function of the message."""
@@ -165,7 +168,10 @@ class TracingInvoker:
             context=state.parent,
             kind=SpanKind.CLIENT,
             attributes=attributes,
+            links=None if state.first is None else [Link(state.first)],
         )
+        if state.first is None:
+            state.first = span.get_span_context()
         try:
             carrier: dict[str, str] = {}
             propagate.inject(carrier, context=trace.set_span_in_context(span))
