@@ -35,7 +35,7 @@ import anyio.lowlevel
 import attrs
 
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ async def run(
             settle=partial(_settle, options, max_deliver),
             stop=stop,
             stop_signals=stop_signals,
+            messaging_system="nats",  # no value in the semantic conventions: the broker's name
             task_status=task_status,
         )
     finally:
@@ -171,7 +172,12 @@ def message_id(msg: Msg) -> str:
 def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
     """The subject (without ``strip_prefix``) is the topic, the payload the body."""
     topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
-    return SourceMessage(topic=topic, body=msg.data, message_id=message_id(msg))
+    return SourceMessage(
+        topic=topic,
+        body=msg.data,
+        message_id=message_id(msg),
+        trace_context=trace_context(msg.headers),
+    )
 
 
 async def _settle(
