@@ -4,6 +4,7 @@ aioconnector``."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -31,12 +32,14 @@ from aioconnector import (
     GatewayUnavailableError,
     UpstreamStatusError,
     __version__,
+    serve_health,
 )
 from aioconnector._config import parse_duration
 from aioconnector.connectors import CONNECTORS
 from aioconnector.connectors._base import SHUTDOWN_SIGNALS
 from aioconnector.connectors._settings import (
     add_controller_flags,
+    add_health_port_flag,
     add_log_level_flag,
     add_option_flags,
 )
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
     from aioconnector import InvocationResult, ResultStream, SourceStats
     from aioconnector.connectors import Connector
+    from aioconnector.connectors._base import Settings
     from aioconnector.testing import Handler, RecordedRequest
 
     Command = Callable[[argparse.Namespace, ControllerConfig, "_Interrupts"], Awaitable[int]]
@@ -183,6 +187,7 @@ def _add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         add_option_flags(group, connector.options, connector.env_prefix)
         add_controller_flags(parser.add_argument_group("gateway options (OpenFaaS variables)"))
         add_log_level_flag(parser.add_argument_group("logging"))
+        add_health_port_flag(parser.add_argument_group("health"))
 
 
 def _count(text: str) -> int:
@@ -499,7 +504,7 @@ def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per invocation
     reported: tuple[type[BaseException], ...] = (*_REPORTED, *connector.errors())
     try:
-        stats = anyio.run(_consume, connector, settings.config, settings.options, backend="asyncio")
+        stats = anyio.run(_consume, connector, settings, backend="asyncio")
     except BaseException as exc:
         leaf = _leaf(exc)
         if isinstance(leaf, KeyboardInterrupt):  # before the signal handlers were in place
@@ -513,11 +518,42 @@ def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
     return 0
 
 
-async def _consume(
-    connector: Connector[Any], config: ControllerConfig, options: object
-) -> SourceStats:
-    async with _controller(config) as controller:
-        return await connector.run(controller, options, stop_signals=SHUTDOWN_SIGNALS)
+async def _consume(connector: Connector[Any], settings: Settings[Any]) -> SourceStats:
+    port = settings.health_port
+    # With a health port, metrics too when prometheus-client is installed (else /metrics
+    # answers 404 saying so).
+    metrics = port is not None and importlib.util.find_spec("prometheus_client") is not None
+    controller = AsyncController(settings.config, on_startup_retry=_report_retry, metrics=metrics)
+    async with controller:
+        if port is None:
+            return await connector.run(controller, settings.options, stop_signals=SHUTDOWN_SIGNALS)
+        stats: list[SourceStats] = []  # ready once the connector consumes, until it stops
+        async with anyio.create_task_group() as tg:
+
+            async def consume(*, task_status: TaskStatus[None]) -> None:
+                stats.append(
+                    await connector.run(
+                        controller,
+                        settings.options,
+                        stop_signals=SHUTDOWN_SIGNALS,
+                        task_status=task_status,
+                    )
+                )
+                tg.cancel_scope.cancel()  # the health endpoint goes with it
+
+            consuming = anyio.Event()
+            serve = functools.partial(
+                serve_health,
+                controller,
+                port,
+                host="0.0.0.0",  # noqa: S104 - Kubernetes probes come to the pod's address
+                ready=lambda: consuming.is_set() and not stats,
+            )
+            await tg.start(serve)
+            _log.info("health endpoint on port %d: /healthz, /readyz, /metrics", port)
+            await tg.start(consume)
+            consuming.set()
+        return stats[0]
 
 
 # -- printing -----------------------------------------------------------------------------------

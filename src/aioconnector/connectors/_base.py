@@ -15,7 +15,7 @@ import attrs
 
 from .._errors import MissingExtraError
 from .._source import Settlement
-from ._settings import controller_config, log_level, options_from
+from ._settings import controller_config, health_port, log_level, options_from
 
 if TYPE_CHECKING:
     import logging
@@ -52,6 +52,8 @@ class Settings(Generic[OptionsT]):
     config: ControllerConfig
     options: OptionsT
     log_level: str
+    health_port: int | None = None
+    """Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None: nowhere."""
 
 
 @attrs.frozen(kw_only=True)
@@ -91,6 +93,7 @@ class Connector(Generic[OptionsT]):
             config=controller_config(flags, environ),
             options=options_from(self.options, self.env_prefix, flags, environ),
             log_level=log_level(flags, environ),
+            health_port=health_port(flags, environ),
         )
 
     def require(self) -> None:
