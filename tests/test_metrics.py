@@ -4,6 +4,7 @@ with stats(); the health endpoint's probes."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -267,3 +268,28 @@ print(json.dumps({"loaded": loaded, "errors": errors}))
         "pip install 'aioconnector[prometheus]'",
         "tracing needs opentelemetry-api, which is not installed: pip install 'aioconnector[otel]'",
     ]
+
+
+async def test_every_metric_the_grafana_dashboard_queries_exists() -> None:
+    from aioconnector._prometheus import ControllerCollector
+
+    dashboard = json.loads((ROOT / "examples" / "grafana" / "aioconnector.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\baioconnector_[a-z_]+", target["expr"])
+    }
+    query = dashboard["templating"]["list"][1]["query"]
+    queried |= set(re.findall(r"\baioconnector_[a-z_]+", query))
+    config = ControllerConfig(gateway_url="http://gateway.test")
+    exposed: set[str] = set()
+    for family in ControllerCollector(AsyncController(config)).describe():
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "gauge": ("",),
+        }[family.type]
+        exposed |= {family.name + suffix for suffix in suffixes}
+    assert len(queried) >= 12  # throughput, errors, latency, in flight, map age...
+    assert queried <= exposed, sorted(queried - exposed)
