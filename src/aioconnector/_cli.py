@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from aioconnector.connectors._settings import (
     add_health_port_flag,
     add_log_level_flag,
     add_option_flags,
+    health_port,
 )
 from aioconnector.testing import FakeGateway, FakeResponse
 
@@ -49,7 +50,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from anyio.abc import TaskStatus
 
@@ -151,10 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=_count, metavar="N", help="stop after N events")
     demo.add_argument("--interval", type=_seconds, default=0.2, metavar="S", help=_DEFAULT)
     demo.add_argument("--stats-interval", type=_period, default=1.0, metavar="S", help=_DEFAULT)
+    add_health_port_flag(demo)
     tester = add("tester", _tester, "Invoke a topic with a numbered JSON message, repeatedly.")
     tester.add_argument("--topic", default="payment.received", help=_DEFAULT)
     tester.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help=_DEFAULT)
     tester.add_argument("--count", type=_count, metavar="N", help="default: forever")
+    add_health_port_flag(tester)
     topics = add("topics", _topics, "Print the topic map discovered on the gateway.")
     topics.add_argument("--json", action="store_true", help='as {"topic": ["fn.ns", ...]}')
     invoke = add("invoke", _invoke, "Send one message to every function of a topic.")
@@ -314,8 +317,28 @@ async def _run(command: Command, args: argparse.Namespace, config: ControllerCon
     return interrupts.status if interrupts.count else status
 
 
-def _controller(config: ControllerConfig) -> AsyncController:
-    return AsyncController(config, on_startup_retry=_report_retry)
+def _controller(
+    config: ControllerConfig, args: argparse.Namespace | None = None
+) -> AsyncController:
+    """With a health port (demo, tester), metrics too when prometheus-client is installed."""
+    port = None if args is None else health_port(vars(args), os.environ)
+    metrics = port is not None and importlib.util.find_spec("prometheus_client") is not None
+    return AsyncController(config, on_startup_retry=_report_retry, metrics=metrics)
+
+
+@asynccontextmanager
+async def _health(controller: AsyncController, args: argparse.Namespace) -> AsyncIterator[None]:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``--health-port`` while the block runs."""
+    port = health_port(vars(args), os.environ)
+    if port is None:
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        serve = functools.partial(serve_health, controller, port, host="0.0.0.0")  # noqa: S104
+        await tg.start(serve)
+        _err(f"health: http://0.0.0.0:{port}/healthz, /readyz, /metrics")
+        yield
+        tg.cancel_scope.cancel()
 
 
 def _report_retry(error: DiscoveryError, attempt: int, delay: float) -> None:
@@ -332,7 +355,7 @@ async def _demo(args: argparse.Namespace, config: ControllerConfig, stop: _Inter
                 _out(f"demo: a fake OpenFaaS gateway at {url} (use --gateway URL for a real one)")
                 config = attrs.evolve(config, gateway_url=url)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            async with _controller(config) as controller:
+            async with _controller(config, args) as controller, _health(controller, args):
                 topics = sorted(controller.topics())
                 if not topics:
                     raise _CliError(f"no topics on {config.gateway_url}: no function has one")
@@ -423,7 +446,7 @@ async def _tester(args: argparse.Namespace, config: ControllerConfig, stop: _Int
     tally = _Tally()
     output = _Output(tally, args.count)
     try:
-        async with _controller(config) as controller:
+        async with _controller(config, args) as controller, _health(controller, args):
             tally.started = True
             output.start()
             with stop.stage():
