@@ -136,10 +136,11 @@ class ControllerCollector(Collector):
         messages.add_metric((UNMATCHED, "unmatched"), stats.unmatched_messages)
         messages.add_metric((UNMATCHED, "invalid"), stats.invalid_messages)
         for function, recorder in sorted(dispatch.recorders().items()):
-            for key, count in sorted(recorder.codes.items(), key=_code_order):
+            # Copies first: prometheus-client's own server scrapes from another thread.
+            for key, count in sorted(dict(recorder.codes).items(), key=_code_order):
                 invocations.add_metric((function, _code(key)), count)
             cumulative, total = [], 0
-            for bound, count in zip(_BOUNDS, recorder.buckets, strict=True):
+            for bound, count in zip(_BOUNDS, list(recorder.buckets), strict=True):
                 total += count
                 cumulative.append((bound, total))
             durations.add_metric((function,), cumulative, recorder.sum)
