@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 
+import anyio
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -233,3 +234,17 @@ async def test_without_tracing_no_header_is_added(wire: Wire) -> None:
         await ctrl.invoke("t", b"")
     (request,) = wire.gateway.invocations()
     assert "traceparent" not in request.headers
+
+
+async def test_an_asynchronous_invocation_is_traced_on_its_own_route(
+    wire: Wire, provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    wire.gateway.add_function("echo", topics="t")
+    async with controller(wire, provider, callback_listen="127.0.0.1:0") as ctrl:
+        with anyio.fail_after(10):
+            (pending,) = await ctrl.invoke_async("t", b"hello")
+            assert (await pending.result()).ok
+    (span,) = client_spans(exporter)
+    assert dict(span.attributes or {})["url.full"] == f"{wire.url}/async-function/echo.openfaas-fn"
+    (request,) = wire.gateway.invocations()
+    assert traceparent_ids(request.headers["traceparent"]) == hex_ids(span)
