@@ -111,9 +111,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         if metrics is not False:
             self._registry, self._collector = _metrics(self, metrics)
             self._dispatch.enable_metrics()
-        self.tracer: Tracer | None = None  # the traced path's (`_tracing`), when tracing
+        self._tracer: Tracer | None = None  # the traced path's (`_tracing`), when tracing
         if tracing is not False:
-            self.tracer = _tracer(config, tracing)
+            self._tracer = _make_tracer(config, tracing)
             self.invoke = self._traced_invoke  # type: ignore[method-assign]
             self.submit = self._traced_submit  # type: ignore[method-assign]
         self._state: _State
@@ -202,8 +202,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             invoker = HttpxInvoker(client, config)
         else:
             invoker = FastInvoker(config, runtime)
-        if self.tracer is not None:
-            invoker = self.tracer.wrap(invoker, config)
+        if self._tracer is not None:
+            invoker = self._tracer.wrap(invoker, config)
         return invoker
 
     async def _shutdown(self, session: _Session, refresh_scope: anyio.CancelScope) -> None:
@@ -343,8 +343,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         first, functions = self._dispatch.accept(topic, body, headers, context)
         if not functions:
             return ()
-        assert self.tracer is not None  # noqa: S101 - set with this method
-        first.trace = self.tracer.capture()
+        assert self._tracer is not None  # noqa: S101 - set with this method
+        first.trace = self._tracer.capture()
         self._drain.enter()
         return await self._dispatch.fan_out((first, functions))
 
@@ -360,8 +360,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         job = dispatch.accept(topic, body, headers, context)
         if not job[1]:
             return 0
-        assert self.tracer is not None  # noqa: S101 - set with this method
-        job[0].trace = self.tracer.capture()
+        assert self._tracer is not None  # noqa: S101 - set with this method
+        job[0].trace = self._tracer.capture()
         if dispatch.waiting_full:
             await dispatch.wait_for_room()
         await self._slots.acquire()
@@ -453,7 +453,7 @@ def _metrics(
     return registry, ControllerCollector(controller)
 
 
-def _tracer(config: ControllerConfig, tracing: bool | TracerProvider) -> Tracer:
+def _make_tracer(config: ControllerConfig, tracing: bool | TracerProvider) -> Tracer:
     if tracing is not True and not callable(getattr(tracing, "get_tracer", None)):
         raise TypeError(
             f"tracing must be a bool or an opentelemetry TracerProvider, got {tracing!r}"

@@ -220,8 +220,8 @@ async def _handle(
     try:
         try:
             message = convert(item)
-            if controller.tracer is not None:
-                consuming = controller.tracer.consume(message, messaging_system)
+            if controller._tracer is not None:
+                consuming = controller._tracer.consume(message, messaging_system)
             headers = dict(message.headers or {})
             if message.message_id is not None and not any(
                 name.lower() == "x-message-id" for name in headers
