@@ -329,7 +329,7 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         return self._async.registry.stats()
 
     # The traced path: `invoke` and `submit` when ``tracing`` is on. Each invocation carries
-    # the caller's trace context (`Invocation.trace`) to the worker that sends it, and the
+    # the caller's trace context (`TracedInvocation.trace`) to the worker that sends it, and the
     # traced invoker makes a CLIENT span per request.
 
     async def _traced_invoke(
@@ -344,9 +344,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         if not functions:
             return ()
         assert self._tracer is not None  # noqa: S101 - set with this method
-        first.trace = self._tracer.capture()
         self._drain.enter()
-        return await self._dispatch.fan_out((first, functions))
+        return await self._dispatch.fan_out((self._tracer.traced(first), functions))
 
     async def _traced_submit(
         self,
@@ -357,11 +356,11 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         context: object = None,
     ) -> int:
         dispatch = self._dispatch
-        job = dispatch.accept(topic, body, headers, context)
-        if not job[1]:
+        first, functions = dispatch.accept(topic, body, headers, context)
+        if not functions:
             return 0
         assert self._tracer is not None  # noqa: S101 - set with this method
-        job[0].trace = self._tracer.capture()
+        job = (self._tracer.traced(first), functions)
         if dispatch.waiting_full:
             await dispatch.wait_for_room()
         await self._slots.acquire()

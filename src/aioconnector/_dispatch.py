@@ -456,11 +456,12 @@ class Dispatcher:
 
 def _for_function(first: Invocation, function: str) -> Invocation:
     """The message's invocation of one function (``attrs.evolve`` costs ten times more)."""
+    if type(first) is not Invocation:  # traced (`_tracing.TracedInvocation`): its own state
+        return first.for_function(function)  # type: ignore[attr-defined, no-any-return]
     return Invocation(
         topic=first.topic,
         function=function,
         body=first.body,
         headers=first.headers,
         context=first.context,
-        trace=None if first.trace is None else first.trace.fork(),
     )

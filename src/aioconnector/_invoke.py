@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Protocol, final
 from urllib.parse import quote
 
 import anyio
@@ -82,9 +82,6 @@ class Invocation:
     body: bytes
     headers: tuple[tuple[str, str], ...]
     context: object = attrs.field(default=None, eq=False, hash=False)
-    trace: Any = attrs.field(default=None, eq=False, hash=False)
-    """Tracing only: the caller's trace context and the requests made so far
-    (`_tracing.TraceState`); ``None`` otherwise."""
 
 
 class Invoker(Protocol):

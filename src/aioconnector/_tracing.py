@@ -26,6 +26,7 @@ import json
 from typing import TYPE_CHECKING, Any, Final, final
 from urllib.parse import quote
 
+import attrs
 import httpx
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from ._results import InvocationResult
     from ._source import Settlement, SourceMessage
 
-__all__ = ["TraceState", "Tracer", "TracingInvoker"]
+__all__ = ["TraceState", "TracedInvocation", "Tracer", "TracingInvoker"]
 
 _PROPAGATED: Final = frozenset({"traceparent", "tracestate", "baggage"})
 
@@ -70,6 +71,25 @@ class TraceState:
         return TraceState(self.parent)
 
 
+@attrs.define(kw_only=True)
+class TracedInvocation(Invocation):
+    """An `Invocation` of the traced path, with its `TraceState` (plain invocations, the
+    untraced path's, carry nothing more)."""
+
+    trace: TraceState
+
+    def for_function(self, function: str) -> TracedInvocation:
+        """The message's invocation of another function: the same parent, its own count."""
+        return TracedInvocation(
+            topic=self.topic,
+            function=function,
+            body=self.body,
+            headers=self.headers,
+            context=self.context,
+            trace=self.trace.fork(),
+        )
+
+
 @final
 class Tracer:
     """The controller's traced path: captures contexts, wraps its invoker, makes spans."""
@@ -77,9 +97,16 @@ class Tracer:
     def __init__(self, config: ControllerConfig, provider: TracerProvider | None) -> None:
         self.tracer = trace.get_tracer("aioconnector", __version__, tracer_provider=provider)
 
-    def capture(self) -> TraceState:
-        """The current context, for an invocation accepted now."""
-        return TraceState(otel_context.get_current())
+    def traced(self, invocation: Invocation) -> TracedInvocation:
+        """``invocation`` with the current context, for the requests that send it."""
+        return TracedInvocation(
+            topic=invocation.topic,
+            function=invocation.function,
+            body=invocation.body,
+            headers=invocation.headers,
+            context=invocation.context,
+            trace=TraceState(otel_context.get_current()),
+        )
 
     def wrap(self, invoker: Invoker, config: ControllerConfig) -> TracingInvoker:
         """``invoker`` traced; ``config`` is what it was made with (its route and gateway)."""
@@ -147,9 +174,9 @@ class TracingInvoker:
         await self._inner.aclose()
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
-        state = invocation.trace
-        if state is None:  # not accepted by the traced path (a direct call): the current one
-            state = invocation.trace = TraceState(otel_context.get_current())
+        state = getattr(invocation, "trace", None)
+        if state is None:  # not made by the traced path: the current context, no resends seen
+            state = TraceState(otel_context.get_current())
         resends = state.requests
         state.requests += 1
         function = invocation.function
@@ -203,7 +230,6 @@ def _with_context(invocation: Invocation, carrier: Mapping[str, str]) -> Invocat
         body=invocation.body,
         headers=tuple(headers),
         context=invocation.context,
-        trace=invocation.trace,
     )
 
 
