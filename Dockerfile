@@ -17,8 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /build
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-# [all]: the client of every broker `aioconnector connect` knows.
-RUN pip install ".[all]" \
+# [all]: the client of every broker `aioconnector connect` knows; [prometheus]: /metrics.
+RUN pip install ".[all,prometheus]" \
     && rm -rf /build \
     && groupadd --system --gid 10001 connector \
     && useradd --system --uid 10001 --gid connector --no-create-home --home-dir /nonexistent connector

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import httpx
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from anyio.abc import SocketStream
 
 Call = Callable[[], Awaitable[int]]
-CLIENTS: Final = ("raw", "httpx", "aioconnector", "aioconnector+httpx")
+CLIENTS: Final = ("raw", "httpx", "aioconnector", "aioconnector+metrics", "aioconnector+httpx")
 _MAX_HEAD: Final = 64 * 1024
 
 
@@ -315,7 +315,13 @@ class ControllerDriver:
 
 @asynccontextmanager
 async def open_controller(
-    port: int, topic: str, concurrency: int, *, via_httpx: bool, result_buffer: int = 256
+    port: int,
+    topic: str,
+    concurrency: int,
+    *,
+    via_httpx: bool,
+    result_buffer: int = 256,
+    metrics: bool = False,
 ) -> AsyncIterator[ControllerDriver]:
     config = controller_config(port, concurrency, result_buffer)
     transport = None
@@ -323,5 +329,10 @@ async def open_controller(
         size = concurrency + 2  # what the controller gives its own client
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         transport = httpx.AsyncHTTPTransport(limits=limits)
-    async with AsyncController(config, transport=transport) as controller:
+    registry: Any = False
+    if metrics:  # Prometheus metrics on, into a registry of its own (no one scrapes it)
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only when asked
+
+        registry = CollectorRegistry()
+    async with AsyncController(config, transport=transport, metrics=registry) as controller:
         yield ControllerDriver(controller, topic)

@@ -173,7 +173,12 @@ def _open(job: Job, topic: str, concurrency: int) -> AbstractAsyncContextManager
         return open_httpx(port, topic, concurrency)
     buffer = max(256, concurrency)
     return open_controller(
-        port, topic, concurrency, via_httpx=client == "aioconnector+httpx", result_buffer=buffer
+        port,
+        topic,
+        concurrency,
+        via_httpx=client == "aioconnector+httpx",
+        result_buffer=buffer,
+        metrics=client == "aioconnector+metrics",
     )
 
 

@@ -11,7 +11,14 @@ from _gopeer import CLIENT as GO
 
 Row = dict[str, Any]
 BACKENDS: Final = ("asyncio", "uvloop", "trio")
-CLIENT_ORDER: Final = ("raw", "httpx", GO, "aioconnector", "aioconnector+httpx")
+CLIENT_ORDER: Final = (
+    "raw",
+    "httpx",
+    GO,
+    "aioconnector",
+    "aioconnector+metrics",
+    "aioconnector+httpx",
+)
 KIB: Final = 1024
 #: The Go connector-sdk, one consumer loop, a topic with four 50 ms functions: serial fan-out.
 GO_SERIAL_MSG_PER_S: Final = 5.0

@@ -67,7 +67,8 @@ _CONTROLLER: Final = (
     ("aioconnector+httpx", "invoke"),
 )
 PLAN: Final[dict[str, tuple[tuple[str, str], ...]]] = {
-    "a": _LOOPING + _CONTROLLER,
+    # Scenario a also measures invoke with Prometheus metrics on: their cost per invocation.
+    "a": (*_LOOPING, *_CONTROLLER, ("aioconnector+metrics", "invoke")),
     "b": _LOOPING + _CONTROLLER,
     "c": (*_LOOPING, ("aioconnector", "submit"), ("aioconnector+httpx", "submit")),
     "d": (

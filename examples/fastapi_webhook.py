@@ -13,6 +13,7 @@
                         While every invocation slot (max_concurrency) is busy, the request
                         waits: back-pressure reaches the sender.
   GET  /healthz         The controller's counters (ControllerStats) as JSON.
+  GET  /metrics         The same counters for Prometheus (README, Observability).
 
 The functions' answers are not returned to the sender; a background task logs the failures.
 The gateway and the rest come from the OpenFaaS connector environment variables (gateway_url,
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Annotated, TypedDict
 import anyio
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from aioconnector import AsyncController, ControllerConfig, ControllerStateError, ResultStream
 
@@ -57,7 +59,9 @@ def create_app(config: ControllerConfig | None = None) -> FastAPI:
         # The task group encloses the controller: leaving the controller waits for the
         # invocations in flight (up to drain_timeout) and ends the results stream, so
         # log_failures sees every result, returns, and the task group closes.
-        async with anyio.create_task_group() as tg, AsyncController(settings) as controller:
+        # Metrics in a registry of the app's own (the default one would do as well).
+        controller = AsyncController(settings, metrics=CollectorRegistry())
+        async with anyio.create_task_group() as tg, controller:
             tg.start_soon(log_failures, controller.results())  # subscribed before any message
             yield {"controller": controller}
 
@@ -116,6 +120,13 @@ async def publish(
 @router.get("/healthz")
 async def healthz(controller: Controller) -> dict[str, object]:
     return controller.stats().as_dict()
+
+
+@router.get("/metrics")
+async def metrics(controller: Controller) -> Response:
+    registry = controller.metrics_registry
+    assert registry is not None  # noqa: S101 - created with metrics on
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from typing import IO
 
 import anyio
 import attrs
+import httpx
 import pytest
 from anyio.from_thread import start_blocking_portal
 
@@ -1099,3 +1100,36 @@ def test_main_module_runs_main() -> None:
     )
     assert completed.returncode == 0
     assert completed.stdout.strip() == f"aioconnector {aioconnector.__version__}"
+
+
+async def test_demo_serves_health_and_metrics_on_its_health_port() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "aioconnector", "demo", "--interval", "0.01"]
+    env = {**program_env(), "health_port": str(port)}
+    quiet = subprocess.DEVNULL  # its result lines: not read here, so never a full pipe
+    async with await anyio.open_process(command, env=env, stdout=quiet, stderr=quiet) as process:
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                with anyio.fail_after(30):
+                    while True:
+                        try:
+                            ready = await client.get("/readyz")
+                            break
+                        except httpx.ConnectError:
+                            await anyio.sleep(0.05)
+                    metrics = await client.get("/metrics")
+                    while "aioconnector_invocations_total{" not in metrics.text:
+                        await anyio.sleep(0.05)
+                        metrics = await client.get("/metrics")
+        finally:
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(20):
+                await process.wait()
+    assert process.returncode == 130  # SIGINT, as a shell reports it
+    assert (ready.status_code, ready.text) == (200, "ready\n")
+    names = {f.name for f in text_string_to_metric_families(metrics.text)}
+    assert {"aioconnector_invocations", "aioconnector_messages"} <= names

@@ -23,6 +23,7 @@ from aioconnector._cli import _parser, main
 from aioconnector.connectors import CONNECTORS, Connector, mqtt, nats, postgres, rabbitmq, redis
 from aioconnector.connectors._settings import (
     CONTROLLER_VARIABLES,
+    HEALTH_PORT_VARIABLE,
     LOG_LEVEL_VARIABLE,
     common_rows,
     env_names,
@@ -157,6 +158,9 @@ def test_flags_win_over_variables_which_win_over_defaults() -> None:
     assert settings.log_level == "DEBUG"
     assert _settings("nats", [], environ).log_level == "WARNING"
     assert _settings("nats", [], {}).options == nats.Options()
+    assert _settings("nats", [], {}).health_port is None
+    assert _settings("nats", [], {"health_port": "8081"}).health_port == 8081
+    assert _settings("nats", ["--health-port", "9000"], {"health_port": "8081"}).health_port == 9000
 
 
 def test_topics_is_the_subscription_when_the_brokers_own_variable_is_not_set() -> None:
@@ -196,6 +200,7 @@ def test_basic_auth_reads_the_secret_folder(tmp_path: Path) -> None:
         ({"nats_subjects": " , "}, "nats_subjects: expected one or more comma-separated names"),
         ({"log_level": "loud"}, "log_level: expected DEBUG, INFO, WARNING, ERROR, got 'loud'"),
         ({"max_concurrency": "x"}, "max_concurrency: invalid integer 'x'"),
+        ({"health_port": "0"}, "health_port: expected a port from 1 to 65535, got '0'"),
     ],
 )
 def test_a_bad_variable_is_named(environ: dict[str, str], message: str) -> None:
@@ -251,6 +256,7 @@ def test_help_lists_every_flag_with_its_variable(
         assert variable.flag in text
         assert f"(env {variable.name}" in text
     assert f"(env {LOG_LEVEL_VARIABLE};" in text
+    assert f"(env {HEALTH_PORT_VARIABLE};" in text
     assert connector.install in text
     # What --help names is what the connector reads, and the other way round.
     named = {
@@ -258,6 +264,7 @@ def test_help_lists_every_flag_with_its_variable(
             connector.options, connector.env_prefix, f.name)),
         *(variable.name for variable in CONTROLLER_VARIABLES),
         LOG_LEVEL_VARIABLE,
+        HEALTH_PORT_VARIABLE,
     }  # fmt: skip
     assert variables_read(connector, tmp_path) == named
 

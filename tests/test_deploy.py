@@ -149,10 +149,17 @@ def test_resources_requests_and_a_graceful_stop(manifest: Path) -> None:
     assert drain < pod["terminationGracePeriodSeconds"]
 
 
-def test_no_probes_until_there_is_a_health_endpoint(manifest: Path) -> None:
-    container = _container(_deployment(manifest))
-    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
-    assert "Probes come with it" in manifest.read_text(encoding="utf-8")
+def test_probes_and_scrapes_reach_the_health_port(manifest: Path) -> None:
+    deployment = _deployment(manifest)
+    container = _container(deployment)
+    port = int(_env(container)["health_port"]["value"])
+    [named] = [p for p in container["ports"] if p["name"] == "health"]
+    assert named["containerPort"] == port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(port)
+    assert annotations["prometheus.io/path"] == "/metrics"
 
 
 @pytest.mark.parametrize(
@@ -216,7 +223,7 @@ def test_the_entry_point_is_aioconnector_connect() -> None:
 def test_the_image_installs_every_connectors_extra() -> None:
     runs = " ".join(args for instruction, args in _dockerfile() if instruction == "RUN")
     installed = re.findall(r"pip install \"?\.\[([\w,]+)\]\"?", runs)
-    assert installed == ["all"], runs
+    assert installed == ["all,prometheus"], runs  # every broker client, and /metrics
     extras = PYPROJECT["project"]["optional-dependencies"]
     for connector in CONNECTORS.values():
         [requirement] = extras[connector.name]

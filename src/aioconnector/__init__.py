@@ -24,6 +24,7 @@ from ._errors import ResponseTooLargeError as ResponseTooLargeError
 from ._errors import UpstreamConnectionError as UpstreamConnectionError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
+from ._health import serve_health as serve_health
 from ._policy import AdaptiveConcurrency as AdaptiveConcurrency
 from ._policy import FunctionPolicy as FunctionPolicy
 from ._policy import RetryBudget as RetryBudget
@@ -71,5 +72,6 @@ __all__ = [
     "UpstreamTimeoutError",
     "__version__",
     "run_source",
+    "serve_health",
     "settlement_of",
 ]

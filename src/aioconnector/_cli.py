@@ -4,6 +4,7 @@ aioconnector``."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -13,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import AsyncExitStack, ExitStack, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,14 +32,17 @@ from aioconnector import (
     GatewayUnavailableError,
     UpstreamStatusError,
     __version__,
+    serve_health,
 )
 from aioconnector._config import parse_duration
 from aioconnector.connectors import CONNECTORS
 from aioconnector.connectors._base import SHUTDOWN_SIGNALS
 from aioconnector.connectors._settings import (
     add_controller_flags,
+    add_health_port_flag,
     add_log_level_flag,
     add_option_flags,
+    health_port,
 )
 from aioconnector.testing import FakeGateway, FakeResponse
 
@@ -46,12 +50,13 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from anyio.abc import TaskStatus
 
     from aioconnector import InvocationResult, ResultStream, SourceStats
     from aioconnector.connectors import Connector
+    from aioconnector.connectors._base import Settings
     from aioconnector.testing import Handler, RecordedRequest
 
     Command = Callable[[argparse.Namespace, ControllerConfig, "_Interrupts"], Awaitable[int]]
@@ -155,10 +160,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=_count, metavar="N", help="stop after N events")
     demo.add_argument("--interval", type=_seconds, default=0.2, metavar="S", help=_DEFAULT)
     demo.add_argument("--stats-interval", type=_period, default=1.0, metavar="S", help=_DEFAULT)
+    add_health_port_flag(demo)
     tester = add("tester", _tester, "Invoke a topic with a numbered JSON message, repeatedly.")
     tester.add_argument("--topic", default="payment.received", help=_DEFAULT)
     tester.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help=_DEFAULT)
     tester.add_argument("--count", type=_count, metavar="N", help="default: forever")
+    add_health_port_flag(tester)
     topics = add("topics", _topics, "Print the topic map discovered on the gateway.")
     topics.add_argument("--json", action="store_true", help='as {"topic": ["fn.ns", ...]}')
     invoke = add("invoke", _invoke, "Send one message to every function of a topic.")
@@ -216,6 +223,7 @@ def _add_connect(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         add_option_flags(group, connector.options, connector.env_prefix)
         add_controller_flags(parser.add_argument_group("gateway options (OpenFaaS variables)"))
         add_log_level_flag(parser.add_argument_group("logging"))
+        add_health_port_flag(parser.add_argument_group("health"))
 
 
 def _count(text: str) -> int:
@@ -364,8 +372,28 @@ async def _run(command: Command, args: argparse.Namespace, config: ControllerCon
     return interrupts.status if interrupts.count else status
 
 
-def _controller(config: ControllerConfig) -> AsyncController:
-    return AsyncController(config, on_startup_retry=_report_retry)
+def _controller(
+    config: ControllerConfig, args: argparse.Namespace | None = None
+) -> AsyncController:
+    """With a health port (demo, tester), metrics too when prometheus-client is installed."""
+    port = None if args is None else health_port(vars(args), os.environ)
+    metrics = port is not None and importlib.util.find_spec("prometheus_client") is not None
+    return AsyncController(config, on_startup_retry=_report_retry, metrics=metrics)
+
+
+@asynccontextmanager
+async def _health(controller: AsyncController, args: argparse.Namespace) -> AsyncIterator[None]:
+    """``/healthz``, ``/readyz`` and ``/metrics`` on ``--health-port`` while the block runs."""
+    port = health_port(vars(args), os.environ)
+    if port is None:
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        serve = functools.partial(serve_health, controller, port, host="0.0.0.0")  # noqa: S104
+        await tg.start(serve)
+        _err(f"health: http://0.0.0.0:{port}/healthz, /readyz, /metrics")
+        yield
+        tg.cancel_scope.cancel()
 
 
 def _report_retry(error: DiscoveryError, attempt: int, delay: float) -> None:
@@ -382,7 +410,7 @@ async def _demo(args: argparse.Namespace, config: ControllerConfig, stop: _Inter
                 _out(f"demo: a fake OpenFaaS gateway at {url} (use --gateway URL for a real one)")
                 config = attrs.evolve(config, gateway_url=url)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            async with _controller(config) as controller:
+            async with _controller(config, args) as controller, _health(controller, args):
                 topics = sorted(controller.topics())
                 if not topics:
                     raise _CliError(f"no topics on {config.gateway_url}: no function has one")
@@ -473,7 +501,7 @@ async def _tester(args: argparse.Namespace, config: ControllerConfig, stop: _Int
     tally = _Tally()
     output = _Output(tally, args.count)
     try:
-        async with _controller(config) as controller:
+        async with _controller(config, args) as controller, _health(controller, args):
             tally.started = True
             output.start()
             with stop.stage():
@@ -583,7 +611,7 @@ def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per invocation
     reported: tuple[type[BaseException], ...] = (*_REPORTED, *connector.errors())
     try:
-        stats = anyio.run(_consume, connector, settings.config, settings.options, backend="asyncio")
+        stats = anyio.run(_consume, connector, settings, backend="asyncio")
     except BaseException as exc:
         leaf = _leaf(exc)
         if isinstance(leaf, KeyboardInterrupt):  # before the signal handlers were in place
@@ -597,11 +625,42 @@ def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
     return 0
 
 
-async def _consume(
-    connector: Connector[Any], config: ControllerConfig, options: object
-) -> SourceStats:
-    async with _controller(config) as controller:
-        return await connector.run(controller, options, stop_signals=SHUTDOWN_SIGNALS)
+async def _consume(connector: Connector[Any], settings: Settings[Any]) -> SourceStats:
+    port = settings.health_port
+    # With a health port, metrics too when prometheus-client is installed (else /metrics
+    # answers 404 saying so).
+    metrics = port is not None and importlib.util.find_spec("prometheus_client") is not None
+    controller = AsyncController(settings.config, on_startup_retry=_report_retry, metrics=metrics)
+    async with controller:
+        if port is None:
+            return await connector.run(controller, settings.options, stop_signals=SHUTDOWN_SIGNALS)
+        stats: list[SourceStats] = []  # ready once the connector consumes, until it stops
+        async with anyio.create_task_group() as tg:
+
+            async def consume(*, task_status: TaskStatus[None]) -> None:
+                stats.append(
+                    await connector.run(
+                        controller,
+                        settings.options,
+                        stop_signals=SHUTDOWN_SIGNALS,
+                        task_status=task_status,
+                    )
+                )
+                tg.cancel_scope.cancel()  # the health endpoint goes with it
+
+            consuming = anyio.Event()
+            serve = functools.partial(
+                serve_health,
+                controller,
+                port,
+                host="0.0.0.0",  # noqa: S104 - Kubernetes probes come to the pod's address
+                ready=lambda: consuming.is_set() and not stats,
+            )
+            await tg.start(serve)
+            _log.info("health endpoint on port %d: /healthz, /readyz, /metrics", port)
+            await tg.start(consume)
+            consuming.set()
+        return stats[0]
 
 
 # -- printing -----------------------------------------------------------------------------------

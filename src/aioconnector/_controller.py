@@ -16,7 +16,7 @@ from ._callbacks import callback_headers
 from ._discovery import Discovery
 from ._dispatch import Dispatcher
 from ._drain import Drain
-from ._errors import ControllerStateError, DiscoveryError, only_exception
+from ._errors import ControllerStateError, DiscoveryError, MissingExtraError, only_exception
 from ._fastpath import FastInvoker
 from ._http import open_client
 from ._invoke import HttpxInvoker, Invoker
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 
     import httpx
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client.registry import Collector, CollectorRegistry
     from typing_extensions import Self
 
     from ._callback_app import CallbackApp
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from ._message import Body
     from ._policy import FunctionPolicy
     from ._runtime import Runtime
+    from ._tracing import Tracer
 
 __all__ = ["AsyncController", "ControllerStats"]
 
@@ -73,6 +76,12 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     ``on_startup_retry(error, attempt, delay)`` is called after each failed lookup while
     entering: the `DiscoveryError`, the attempt's number (1 for the first) and the seconds until
     the next one; use it to tell a person what is happening. It must not block.
+
+    ``metrics``: ``True`` registers the controller's Prometheus metrics with prometheus-client's
+    default registry while it runs, a ``CollectorRegistry`` with that one (needs
+    ``aioconnector[prometheus]``; see `metrics_registry` and `serve_health`). ``tracing``:
+    ``True`` makes OpenTelemetry spans with the global tracer provider, a ``TracerProvider``
+    with that one (needs ``aioconnector[otel]``). Off, neither is imported nor costs anything.
     """
 
     def __init__(
@@ -81,6 +90,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         on_startup_retry: Callable[[DiscoveryError, int, float], None] | None = None,
+        metrics: bool | CollectorRegistry = False,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         if on_startup_retry is not None and not callable(on_startup_retry):
             raise TypeError(f"on_startup_retry must be callable, got {on_startup_retry!r}")
@@ -95,6 +106,16 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         self._async = AsyncInvocations(
             config, slots=self._slots, hub=self._hub, counts=self._counts, dispatch=self._dispatch
         )
+        self._registry: CollectorRegistry | None = None
+        self._collector: Collector | None = None
+        if metrics is not False:
+            self._registry, self._collector = _metrics(self, metrics)
+            self._dispatch.enable_metrics()
+        self._tracer: Tracer | None = None  # the traced path's (`_tracing`), when tracing
+        if tracing is not False:
+            self._tracer = _make_tracer(config, tracing)
+            self.invoke = self._traced_invoke  # type: ignore[method-assign]
+            self.submit = self._traced_submit  # type: ignore[method-assign]
         self._state: _State
         self._set_state(_State.NEW)
         self._session: _Session | None = None  # what exists only while running
@@ -109,6 +130,9 @@ class AsyncController(anyio.AsyncContextManagerMixin):
             )
         self._set_state(_State.STARTING)
         error: BaseException | None = None
+        if self._collector is not None:
+            assert self._registry is not None  # noqa: S101 - set together
+            self._registry.register(self._collector)  # a clash raises ValueError, naming it
         try:
             try:
                 async with (
@@ -151,6 +175,8 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         finally:
             self._set_state(_State.CLOSED)
             self._hub.close()
+            if self._collector is not None and self._registry is not None:
+                self._registry.unregister(self._collector)
 
     def _set_state(self, state: _State) -> None:
         self._state = state
@@ -171,9 +197,14 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         # respx, proxies, custom TLS); otherwise invocations take the lean HTTP/1.1 pool,
         # twenty to seventy times cheaper per call than httpx's, and lookups stay on httpx.
         config = config or self._config
+        invoker: Invoker
         if self._transport is not None:
-            return HttpxInvoker(client, config)
-        return FastInvoker(config, runtime)
+            invoker = HttpxInvoker(client, config)
+        else:
+            invoker = FastInvoker(config, runtime)
+        if self._tracer is not None:
+            invoker = self._tracer.wrap(invoker, config)
+        return invoker
 
     async def _shutdown(self, session: _Session, refresh_scope: anyio.CancelScope) -> None:
         self._set_state(_State.CLOSING)
@@ -297,6 +328,50 @@ class AsyncController(anyio.AsyncContextManagerMixin):
         still awaiting theirs."""
         return self._async.registry.stats()
 
+    # The traced path: `invoke` and `submit` when ``tracing`` is on. Each invocation carries
+    # the caller's trace context (`TracedInvocation.trace`) to the worker that sends it, and the
+    # traced invoker makes a CLIENT span per request.
+
+    async def _traced_invoke(
+        self,
+        topic: str,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        context: object = None,
+    ) -> Sequence[InvocationResult]:
+        first, functions = self._dispatch.accept(topic, body, headers, context)
+        if not functions:
+            return ()
+        assert self._tracer is not None  # noqa: S101 - set with this method
+        self._drain.enter()
+        return await self._dispatch.fan_out((self._tracer.traced(first), functions))
+
+    async def _traced_submit(
+        self,
+        topic: str,
+        body: Body,
+        *,
+        headers: Mapping[str, str] | None = None,
+        context: object = None,
+    ) -> int:
+        dispatch = self._dispatch
+        first, functions = dispatch.accept(topic, body, headers, context)
+        if not functions:
+            return 0
+        assert self._tracer is not None  # noqa: S101 - set with this method
+        job = (self._tracer.traced(first), functions)
+        if dispatch.waiting_full:
+            await dispatch.wait_for_room()
+        await self._slots.acquire()
+        session = self._session
+        if session is None or self._state is not _RUNNING:
+            self._slots.release()
+            raise ControllerStateError("the controller began shutting down before admission")
+        self._drain.enter()
+        session.workers.put(job)
+        return len(job[1])
+
     def results(self) -> ResultStream:
         """Subscribe to every result produced from now on.
 
@@ -347,6 +422,53 @@ class AsyncController(anyio.AsyncContextManagerMixin):
     def config(self) -> ControllerConfig:
         """The configuration this controller was created with."""
         return self._config
+
+    @property
+    def running(self) -> bool:
+        """Whether it accepts messages: entered, and not shutting down."""
+        return self._state is _RUNNING
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """The Prometheus registry its metrics are registered with while it runs (``None``
+        when ``metrics`` is off): serve it with ``prometheus_client.generate_latest``."""
+        return self._registry
+
+
+def _metrics(
+    controller: AsyncController, metrics: bool | CollectorRegistry
+) -> tuple[CollectorRegistry, Collector]:
+    if metrics is not True and not callable(getattr(metrics, "register", None)):
+        raise TypeError(
+            f"metrics must be a bool or a prometheus_client CollectorRegistry, got {metrics!r}"
+        )
+    try:
+        from prometheus_client import REGISTRY  # noqa: PLC0415 - the extra, only when asked
+
+        from ._prometheus import ControllerCollector  # noqa: PLC0415
+    except ImportError as exc:
+        raise MissingExtraError(
+            "metrics need prometheus-client, which is not installed: "
+            "pip install 'aioconnector[prometheus]'"
+        ) from exc
+    registry = REGISTRY if metrics is True else metrics
+    assert not isinstance(registry, bool)  # noqa: S101 - narrowed above
+    return registry, ControllerCollector(controller)
+
+
+def _make_tracer(config: ControllerConfig, tracing: bool | TracerProvider) -> Tracer:
+    if tracing is not True and not callable(getattr(tracing, "get_tracer", None)):
+        raise TypeError(
+            f"tracing must be a bool or an opentelemetry TracerProvider, got {tracing!r}"
+        )
+    try:
+        from ._tracing import Tracer  # noqa: PLC0415 - opentelemetry, only when asked
+    except ImportError as exc:
+        raise MissingExtraError(
+            "tracing needs opentelemetry-api, which is not installed: "
+            "pip install 'aioconnector[otel]'"
+        ) from exc
+    return Tracer(config, None if isinstance(tracing, bool) else tracing)
 
 
 @attrs.frozen

@@ -26,7 +26,9 @@ from ._message import (
     idempotency_key,
     keyed_message_id,
     merge_headers,
+    rekeyed,
 )
+from ._observe import FunctionRecorder
 from ._policy import FunctionPolicy, policy_from_annotations
 from ._topics import TopicMap
 from ._waiters import WaiterQueue
@@ -71,12 +73,14 @@ class Dispatcher:
         "_lanes",
         "_policies",
         "_problems",
+        "_recorders",
         "_room",
         "_runtime",
         "_slots",
         "_topic_headers",
         "_waiting",
         "invoker",
+        "per_topic",
         "refusal",
         "topic_map",
     )
@@ -107,6 +111,10 @@ class Dispatcher:
         self._policies: dict[str, FunctionPolicy] = {}
         self._problems: dict[str, tuple[str, ...]] = {}
         self._lanes: dict[str, Lane] = {}  # made at a function's first invocation
+        # While metrics are on (`enable_metrics`): matched messages by topic, and each
+        # function's recorder (kept when its lane is dropped: a counter never goes back).
+        self.per_topic: dict[str, int] | None = None
+        self._recorders: dict[str, FunctionRecorder] | None = None
         self._waiting = 0  # invocations waiting for their function's turn, without a slot
         # Producers waiting while too many do (see wait_for_room). A woken producer looks
         # again, so a turn lost to its cancellation needs nothing passed on.
@@ -123,6 +131,21 @@ class Dispatcher:
         self._runtime = runtime
         self._clock = runtime.clock
         invoker.set_timeouts(self._timeouts())
+
+    def enable_metrics(self) -> None:
+        """Record what only metrics need (by topic, by function and status, durations)."""
+        if self._recorders is None:
+            self.per_topic, self._recorders = {}, {}
+            for address, lane in self._lanes.items():
+                lane.recorder = self._recorders[address] = FunctionRecorder()
+
+    def recorders(self) -> dict[str, FunctionRecorder]:
+        """Each function's recorder (empty while metrics are off), by address."""
+        return dict(self._recorders or {})
+
+    def lanes(self) -> dict[str, Lane]:
+        """The lanes of the functions invoked lately, by address (for metrics)."""
+        return dict(self._lanes)
 
     def stop(self) -> None:
         """The controller is closing: no gate timer may outlive it."""
@@ -201,6 +224,11 @@ class Dispatcher:
             call_later=self._runtime.call_later,
             now=self._clock(),
         )
+        if self._recorders is not None:
+            recorder = self._recorders.get(function)
+            if recorder is None:
+                recorder = self._recorders[function] = FunctionRecorder()
+            lane.recorder = recorder
         return lane
 
     # -- the data path -------------------------------------------------------------------
@@ -213,23 +241,31 @@ class Dispatcher:
         # A topic seen before without extra headers: checked then, its headers merged then.
         merged = self._topic_headers.get(topic) if headers is None and type(topic) is str else None
         cache = False
-        if merged is None:
-            topic = check_topic(topic)
-            merged = merge_headers(self._base_headers, topic, headers)
-            cache = headers is None
-        payload = body if type(body) is bytes else coerce_body(body)
+        try:
+            if merged is None:
+                topic = check_topic(topic)
+                merged = merge_headers(self._base_headers, topic, headers)
+                cache = headers is None
+            payload = body if type(body) is bytes else coerce_body(body)
+        except (ValueError, TypeError):
+            self._counts.invalid += 1
+            raise
         if self.refusal is not None:
             raise ControllerStateError(self.refusal)
         functions = self.topic_map.functions_for(topic)
         self._counts.messages += 1
         if not functions:
             self._counts.unmatched += 1
-        elif cache:
-            # Only routed topics are kept: they come from the gateway, not from the message
-            # source (with wildcard topics, any topic a pattern matches: the bound holds).
-            if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
-                self._topic_headers.clear()
-            self._topic_headers[topic] = merged
+        else:
+            if cache:
+                # Only routed topics are kept: they come from the gateway, not from the message
+                # source (with wildcard topics, any topic a pattern matches: the bound holds).
+                if len(self._topic_headers) >= _TOPIC_HEADERS_CACHE:
+                    self._topic_headers.clear()
+                self._topic_headers[topic] = merged
+            per_topic = self.per_topic
+            if per_topic is not None:  # metrics on; routed topics only, as the cache
+                per_topic[topic] = per_topic.get(topic, 0) + 1
         # The invocation of the first function; `for_function` makes the others from it.
         function = functions[0] if functions else ""
         message_id = None if headers is None else keyed_message_id(headers)
@@ -360,6 +396,8 @@ class Dispatcher:
                     break
                 # Wait without a slot, so a retrying invocation never blocks others.
                 self._counts.retries += 1
+                if lane.recorder is not None:
+                    lane.recorder.retries += 1
                 self._slots.release()
                 holding = False
                 if not await drain.pause(delay):
@@ -373,6 +411,9 @@ class Dispatcher:
                 self._counts.succeeded += 1
             else:
                 self._counts.failed += 1
+            recorder = lane.recorder
+            if recorder is not None:  # metrics on
+                recorder.record(result)
             if self._hub.subscribed:  # else no checkpoint: nothing to hand over
                 await self._hub.publish(result)
             return result
@@ -435,10 +476,12 @@ class Dispatcher:
 def for_function(first: Invocation, function: str) -> Invocation:
     """The message's invocation of another of its functions (``attrs.evolve`` costs ten
     times more), with that function's own ``Idempotency-Key`` when it has one."""
+    if type(first) is not Invocation:  # traced (`_tracing.TracedInvocation`): its own state
+        return first.for_function(function)  # type: ignore[attr-defined, no-any-return]
     headers = first.headers
     message_id = first.message_id
     if message_id is not None:
-        headers = (*headers[:-1], (IDEMPOTENCY_KEY, idempotency_key(message_id, function)))
+        headers = rekeyed(headers, message_id, function)
     return Invocation(
         topic=first.topic,
         function=function,

@@ -4,7 +4,8 @@
 
     ConnectorError
      ├── ControllerStateError (also RuntimeError)   controller not entered, closing, or reused
-     ├── MissingExtraError (also ImportError)       a connector's broker client is not installed
+     ├── MissingExtraError (also ImportError)       an optional extra (a broker client,
+     │                                         prometheus-client, opentelemetry-api) is missing
      ├── DiscoveryError                             a /system/* lookup failed
      │    ├── AuthenticationError                   the gateway answered 401/403: fix credentials
      │    ├── NotAGatewayError                      /system/functions answered 404: wrong URL
@@ -54,8 +55,9 @@ class ControllerStateError(ConnectorError, RuntimeError):
 
 
 class MissingExtraError(ConnectorError, ImportError):
-    """A packaged connector's broker client is not installed. The message is one line that
-    names the ``pip install 'aioconnector[<extra>]'`` to run."""
+    """An optional dependency is not installed: a packaged connector's broker client,
+    prometheus-client (``metrics=``) or opentelemetry-api (``tracing=``). The message is one
+    line that names the ``pip install 'aioconnector[<extra>]'`` to run."""
 
 
 class DiscoveryError(ConnectorError):

@@ -23,6 +23,7 @@ from ._waiters import WaiterQueue
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._observe import FunctionRecorder
     from ._policy import AdaptiveConcurrency, FunctionPolicy, RetryBudget
     from ._results import InvocationResult
     from ._runtime import Timer
@@ -69,6 +70,7 @@ class Lane:
         "limit",
         "overloads",
         "policy",
+        "recorder",
         "waiters",
     )
 
@@ -90,6 +92,7 @@ class Lane:
         self.gate_until = -math.inf  # Retry-After: no request starts before then
         self._gate_timer: Timer | None = None
         self.overloads = 0  # overload signals seen
+        self.recorder: FunctionRecorder | None = None  # set by the dispatcher: metrics on
         self.denied_retries = 0  # retries the budget refused
         # Adaptive state (see AdaptiveConcurrency).
         self._slow_start = True

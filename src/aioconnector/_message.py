@@ -17,6 +17,7 @@ __all__ = [
     "idempotency_key",
     "keyed_message_id",
     "merge_headers",
+    "rekeyed",
     "topic_problem",
 ]
 
@@ -127,3 +128,11 @@ def idempotency_key(message_id: str, function: str) -> str:
     digits of SHA-256 over the message id and the function's address."""
     digest = hashlib.sha256(f"{message_id}\n{function}".encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:32]
+
+
+def rekeyed(
+    headers: tuple[tuple[str, str], ...], message_id: str, function: str
+) -> tuple[tuple[str, str], ...]:
+    """A message's headers for another of its functions: its ``Idempotency-Key`` (the last
+    header) made for that function."""
+    return (*headers[:-1], (IDEMPOTENCY_KEY, idempotency_key(message_id, function)))

@@ -20,6 +20,7 @@ import anyio
 import attrs
 
 from ._errors import DiscoveryError, only_exception
+from ._stats import Counts
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -57,6 +58,10 @@ class SourceMessage:
     headers: Mapping[str, str] | None = None
     message_id: str | None = None
     """Sent as ``X-Message-Id`` (unless ``headers`` has one), so functions can deduplicate."""
+    trace_context: Mapping[str, str] | None = None
+    """The W3C trace context the message carried (``traceparent``, ``tracestate``), from the
+    broker's own headers; read only when the controller traces (``tracing=``), as is, when
+    this is ``None``, a ``traceparent`` in ``headers`` or in a CloudEvent body."""
 
 
 class Settlement(enum.Enum):
@@ -95,6 +100,7 @@ class _Counter(Generic[T]):
     received: int = 0
     settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
     pending: dict[int, T] = attrs.Factory(dict)  # taken from the source, not yet settled
+    totals: Counts = attrs.Factory(Counts)  # the controller's, for stats() and metrics
 
 
 async def run_source(
@@ -109,6 +115,7 @@ async def run_source(
     drain_timeout: float | None = None,
     release: Callable[[T], Awaitable[None]] | None = None,
     invoke_async: bool = False,
+    messaging_system: str = "aioconnector",
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> SourceStats:
     """Feed every message of ``source`` to ``controller`` and settle it from its results.
@@ -133,6 +140,11 @@ async def run_source(
     ``callback_timeout`` is a failure: RETRY). It stays in flight meanwhile, so
     ``max_in_flight`` bounds the messages whose functions are queued or running. It needs the
     controller's callback receiver (``callback_listen`` or ``callback_public_url``).
+
+    Each message taken and settled is also counted in the controller's ``stats()`` (and its
+    metrics). When the controller traces, each message gets a CONSUMER span ``process
+    {topic}`` with ``messaging.system`` = ``messaging_system`` (the broker's name), parented
+    on the trace context the message carried (`SourceMessage.trace_context`).
     """
     workers = max_in_flight if max_in_flight is not None else controller.config.max_concurrency
     if workers < 1:
@@ -143,7 +155,7 @@ async def run_source(
         invoke = partial(_invoke_and_wait, controller)
     grace = controller.config.drain_timeout if drain_timeout is None else drain_timeout
     stop = stop or anyio.Event()
-    counter: _Counter[T] = _Counter()
+    counter: _Counter[T] = _Counter(totals=controller._counts)
 
     busy_workers = workers
     workers_done = anyio.Event()
@@ -152,7 +164,15 @@ async def run_source(
         nonlocal busy_workers
         async with receive:
             async for item in receive:
-                await _handle(controller, item, convert, settle, counter, invoke=invoke)
+                await _handle(
+                    controller,
+                    item,
+                    convert,
+                    settle,
+                    counter,
+                    invoke=invoke,
+                    messaging_system=messaging_system,
+                )
         busy_workers -= 1
         if not busy_workers:
             workers_done.set()
@@ -184,6 +204,7 @@ async def run_source(
     if error is not None:
         raise error  # outside `except`: its own __cause__ and __context__ stay
     unsettled = len(counter.pending)
+    counter.totals.source_in_flight -= unsettled  # left to the broker: no longer ours
     if unsettled:
         logger.warning("%d message(s) left unsettled at stop", unsettled)
         if release is not None:
@@ -199,6 +220,7 @@ async def _feed(
         async for item in iterator:
             counter.received += 1
             counter.pending[id(item)] = item
+            counter.totals.source_in_flight += 1
             await send.send(item)  # waits for a free worker: the in-flight bound
     finally:
         aclose = getattr(iterator, "aclose", None)
@@ -215,28 +237,40 @@ async def _handle(
     counter: _Counter[T],
     *,
     invoke: _Invoke,
+    messaging_system: str,
 ) -> None:
     results: Sequence[InvocationResult] = ()
+    verdict = Settlement.INVALID
+    consuming = None  # tracing: the message's span, current until it is settled
     try:
-        message = convert(item)
-        headers = dict(message.headers or {})
-        if message.message_id is not None and not any(
-            name.lower() == "x-message-id" for name in headers
-        ):
-            headers["X-Message-Id"] = message.message_id
-        results = await invoke(message.topic, message.body, headers=headers, context=item)
-        if not results and await _refreshed_for(controller, message.topic):
+        try:
+            message = convert(item)
+            if controller._tracer is not None:
+                consuming = controller._tracer.consume(message, messaging_system)
+            headers = dict(message.headers or {})
+            if message.message_id is not None and not any(
+                name.lower() == "x-message-id" for name in headers
+            ):
+                headers["X-Message-Id"] = message.message_id
             results = await invoke(message.topic, message.body, headers=headers, context=item)
-        verdict = settlement_of(results)
-    except (ValueError, TypeError) as exc:
-        logger.warning("invalid message from the source: %s", exc)
-        verdict = Settlement.INVALID
-    # The invocations are over: do not let a stop cut the ack (or nak) in half.
-    with anyio.CancelScope(shield=True) as scope:
-        scope.deadline = anyio.current_time() + _SETTLE_GRACE
-        await settle(item, verdict, results)
-        counter.settled[verdict] += 1
-        del counter.pending[id(item)]
+            if not results and await _refreshed_for(controller, message.topic):
+                results = await invoke(message.topic, message.body, headers=headers, context=item)
+            verdict = settlement_of(results)
+        except (ValueError, TypeError) as exc:
+            logger.warning("invalid message from the source: %s", exc)
+            verdict = Settlement.INVALID
+        # The invocations are over: do not let a stop cut the ack (or nak) in half.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _SETTLE_GRACE
+            await settle(item, verdict, results)
+            counter.settled[verdict] += 1
+            del counter.pending[id(item)]
+            totals = counter.totals
+            totals.source_in_flight -= 1
+            totals.settled[verdict.value] = totals.settled.get(verdict.value, 0) + 1
+    finally:
+        if consuming is not None:
+            consuming.end(verdict, results)
 
 
 def _check_receiver(controller: AsyncController) -> None:

@@ -65,6 +65,14 @@ class ControllerStats:
     """The last refresh failure's message; ``None`` once a refresh succeeds again."""
     per_function: Mapping[str, FunctionState] = attrs.field(factory=dict)
     """Each function invoked so far, by address: its limit, in flight, waiting, gate."""
+    invalid_messages: int = 0
+    """Messages ``invoke``/``submit`` refused as invalid (``ValueError``/``TypeError``: a bad
+    topic, body or headers); not counted in ``messages``."""
+    settled: Mapping[str, int] = attrs.field(factory=dict)
+    """Messages `run_source` settled, by settlement (``"ack"``, ``"retry"``, ``"unmatched"``,
+    ``"invalid"``), over every run on this controller."""
+    source_in_flight: int = 0
+    """Messages `run_source` took from its source and has not settled yet."""
 
     def as_dict(self) -> dict[str, object]:
         """The counters as a JSON-ready dict (``last_refresh`` as an ISO 8601 string)."""
@@ -88,6 +96,10 @@ class Counts:
     refresh_failures: int = 0
     last_refresh: datetime | None = None
     last_refresh_error: str | None = None
+    invalid: int = 0
+    # run_source's, over every run on the controller: settled by settlement, and in flight.
+    settled: dict[str, int] = attrs.Factory(dict)
+    source_in_flight: int = 0
 
     def snapshot(
         self,
@@ -114,4 +126,7 @@ class Counts:
             last_refresh=self.last_refresh,
             last_refresh_error=self.last_refresh_error,
             per_function=per_function,
+            invalid_messages=self.invalid,
+            settled=dict(self.settled),
+            source_in_flight=self.source_in_flight,
         )

@@ -373,3 +373,41 @@ async def test_sigterm_acks_only_what_finished(broker: Broker, tmp_path: Path, d
         left = in_flight - acked_by_first
         assert left
         assert left <= set(message_ids(gateway, "second"))
+
+
+async def test_the_connect_command_serves_health_and_metrics(
+    broker: Broker, tmp_path: Path
+) -> None:
+    import socket
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as probe:  # a free port for --health-port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    base = f"http://127.0.0.1:{port}"
+    async with gateway.serve() as url, httpx.AsyncClient() as http:
+        env = connector_env(url, "health", health_port=str(port))
+        async with connector_process(BROKER, broker.args(), env=env, log=tmp_path / "c.log") as c:
+            await c.wait_ready()
+            assert (await http.get(f"{base}/healthz")).status_code == 200
+            ready = await http.get(f"{base}/readyz")
+            assert (ready.status_code, ready.text) == (200, "ready\n"), c.output()
+            ids = {await broker.add(b"%d" % n, topic="orders") for n in range(3)}
+            await wait_until(lambda: set(message_ids(gateway)) == ids, within=15)
+            await wait_until(broker.settled, within=10)
+            text = (await http.get(f"{base}/metrics")).text
+            c.terminate()
+            assert await c.wait(timeout=10) == 0, c.output()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    labels = (("code", "200"), ("function_name", "orders.openfaas-fn"))
+    assert samples[("aioconnector_invocations_total", labels)] == 3
+    assert samples[("aioconnector_source_messages_settled_total", (("settlement", "ack"),))] == 3
+    assert samples[("aioconnector_topic_map_functions", ())] == 1

@@ -259,6 +259,8 @@ class FastInvoker:
             lines += (name.encode("ascii"), b": ", value.encode("ascii"), b"\r\n")
         lines += (self._auth, b"Content-Length: ")
         head = b"".join(lines)
+        if fields and fields[-1][0] == "traceparent":
+            return head  # a traced request's own head (_tracing puts it last): never reused
         if len(self._heads) >= _HEAD_CACHE:
             del self._heads[next(iter(self._heads))]
         self._heads[key] = head

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import signal
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import attrs
 
 from .._errors import MissingExtraError
 from .._source import Settlement
-from ._settings import controller_config, log_level, options_from
+from ._settings import controller_config, health_port, log_level, options_from
 
 if TYPE_CHECKING:
     import logging
@@ -28,10 +28,12 @@ if TYPE_CHECKING:
 __all__ = [
     "READY_MARKER",
     "SHUTDOWN_SIGNALS",
+    "TRACE_FIELDS",
     "Connector",
     "Settings",
     "announce_ready",
     "describe",
+    "trace_context",
 ]
 
 OptionsT = TypeVar("OptionsT", bound="attrs.AttrsInstance")
@@ -50,6 +52,8 @@ class Settings(Generic[OptionsT]):
     config: ControllerConfig
     options: OptionsT
     log_level: str
+    health_port: int | None = None
+    """Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None: nowhere."""
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +93,7 @@ class Connector(Generic[OptionsT]):
             config=controller_config(flags, environ),
             options=options_from(self.options, self.env_prefix, flags, environ),
             log_level=log_level(flags, environ),
+            health_port=health_port(flags, environ),
         )
 
     def require(self) -> None:
@@ -101,6 +106,25 @@ class Connector(Generic[OptionsT]):
                     f"the {self.name} connector needs {self.client}, which is not installed: "
                     f"{self.install}"
                 ) from exc
+
+
+TRACE_FIELDS: Final = ("traceparent", "tracestate")
+"""The W3C trace-context fields a message may carry in its broker's headers."""
+
+
+def trace_context(fields: Mapping[Any, Any] | None) -> dict[str, str] | None:
+    """The W3C trace context among a message's broker headers (names in any case, values
+    str or bytes), or None: run_source's CONSUMER span is parented on it when tracing."""
+    if not fields:
+        return None
+    found: dict[str, str] = {}
+    for name, value in fields.items():
+        key = name.decode("latin-1") if isinstance(name, bytes) else name
+        if isinstance(key, str) and key.lower() in TRACE_FIELDS:
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            if isinstance(text, str):
+                found[key.lower()] = text
+    return found or None
 
 
 def announce_ready(logger: logging.Logger, what: str) -> None:

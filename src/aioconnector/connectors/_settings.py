@@ -26,13 +26,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROLLER_VARIABLES",
+    "HEALTH_PORT_VARIABLE",
     "LOG_LEVEL_VARIABLE",
     "add_controller_flags",
+    "add_health_port_flag",
     "add_log_level_flag",
     "add_option_flags",
     "common_rows",
     "controller_config",
     "env_names",
+    "health_port",
     "log_level",
     "option",
     "option_rows",
@@ -45,6 +48,8 @@ OptionsT = TypeVar("OptionsT", bound="attrs.AttrsInstance")
 _HELP: Final = "aioconnector.help"
 _ALSO: Final = "aioconnector.also_env"
 LOG_LEVEL_VARIABLE: Final = "log_level"
+HEALTH_PORT_VARIABLE: Final = "health_port"
+_HEALTH_HELP: Final = "serve /healthz, /readyz and /metrics on this port (all interfaces)"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -307,10 +312,14 @@ CONTROLLER_VARIABLES: Final = (
 
 
 def common_rows() -> list[tuple[str, tuple[str, ...], str, str]]:
-    """(flag, variables, default, meaning) of each setting every connector has (the gateway's
-    and the log level), for the documentation."""
+    """(flag, variables, default, meaning) of each setting every connector has (the gateway's,
+    the log level and the health port), for the documentation."""
     rows = [(v.flag, (v.name,), v.default, v.help) for v in CONTROLLER_VARIABLES]
-    return [*rows, ("--log-level", (LOG_LEVEL_VARIABLE,), "INFO", ", ".join(LOG_LEVELS))]
+    return [
+        *rows,
+        ("--log-level", (LOG_LEVEL_VARIABLE,), "INFO", ", ".join(LOG_LEVELS)),
+        ("--health-port", (HEALTH_PORT_VARIABLE,), "off", _HEALTH_HELP),
+    ]
 
 
 def add_controller_flags(group: argparse._ActionsContainer) -> None:
@@ -402,3 +411,33 @@ def _log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"expected {', '.join(LOG_LEVELS)}, got {text!r}")
     return level
+
+
+def add_health_port_flag(group: argparse._ActionsContainer) -> None:
+    """``--health-port``; not given, it is None."""
+    group.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=_argparse_type(_port),
+        default=None,
+        metavar="PORT",
+        help=f"{_HEALTH_HELP} (env {HEALTH_PORT_VARIABLE}; default: off)",
+    )
+
+
+def health_port(flags: Mapping[str, object], environ: Mapping[str, str]) -> int | None:
+    """The flag's port, else the variable's, else None (no health endpoint)."""
+    given = flags.get("health_port")
+    if isinstance(given, int):
+        return given
+    text = environ.get(HEALTH_PORT_VARIABLE, "")
+    try:
+        return _port(text) if text.strip() else None
+    except ValueError as exc:
+        raise ValueError(f"{HEALTH_PORT_VARIABLE}: {exc}") from None
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdecimal() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)

@@ -45,7 +45,7 @@ import anyio
 import attrs
 
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ async def run(
             settle=partial(_settle, client if persistent else None),
             stop=stop,
             stop_signals=stop_signals,
+            messaging_system="mqtt",  # no value in the semantic conventions: the broker's name
         )
 
 
@@ -127,8 +128,17 @@ def _convert(message: aiomqtt.Message) -> SourceMessage:
     """The MQTT topic is the topic, the payload the body."""
     topic = message.topic.value
     return SourceMessage(
-        topic=topic, body=message.payload, message_id=message_id(topic, message.payload)
+        topic=topic,
+        body=message.payload,
+        message_id=message_id(topic, message.payload),
+        trace_context=_user_properties(message),
     )
+
+
+def _user_properties(message: aiomqtt.Message) -> dict[str, str] | None:
+    """MQTT 5 user properties: where a publisher puts ``traceparent``."""
+    pairs = getattr(message.properties, "UserProperty", None) or ()
+    return trace_context(dict(pairs))
 
 
 async def _settle(

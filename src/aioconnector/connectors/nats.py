@@ -46,7 +46,7 @@ import attrs
 
 from .._errors import only_exception
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -132,6 +132,7 @@ async def run(
                 settle=settle,
                 stop=stop,
                 stop_signals=stop_signals,
+                messaging_system="nats",  # no value in the semantic conventions: the broker's name
                 task_status=task_status,
             )
         working = _InProgress(convert, settle, interval=max(ack_wait / 3, _MIN_PROGRESS))
@@ -141,6 +142,7 @@ async def run(
             working,
             stop=stop,
             stop_signals=stop_signals,
+            messaging_system="nats",  # no value in the semantic conventions: the broker's name
             task_status=task_status,
         )
     finally:
@@ -155,6 +157,7 @@ async def _run_async(
     *,
     stop: anyio.Event | None,
     stop_signals: Sequence[signal.Signals],
+    messaging_system: str,
     task_status: TaskStatus[None],
 ) -> SourceStats:
     """``run_source(invoke_async=True)``, with the messages awaiting callbacks kept alive."""
@@ -169,6 +172,7 @@ async def _run_async(
                 settle=working.settle,
                 stop=stop,
                 stop_signals=stop_signals,
+                messaging_system=messaging_system,
                 invoke_async=True,
                 task_status=task_status,
             )
@@ -286,7 +290,12 @@ def message_id(msg: Msg) -> str:
 def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
     """The subject (without ``strip_prefix``) is the topic, the payload the body."""
     topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
-    return SourceMessage(topic=topic, body=msg.data, message_id=message_id(msg))
+    return SourceMessage(
+        topic=topic,
+        body=msg.data,
+        message_id=message_id(msg),
+        trace_context=trace_context(msg.headers),
+    )
 
 
 async def _settle(

@@ -42,7 +42,7 @@ import anyio
 import attrs
 
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ async def run(
                 settle=_settle,
                 stop=stop,
                 stop_signals=stop_signals,
+                messaging_system="postgresql",  # the convention has none: the db.system name
             )
         finally:
             connection.remove_termination_listener(on_termination)
@@ -153,6 +154,7 @@ def _convert(notification: Notification) -> SourceMessage:
         body=body if isinstance(body, str) else json.dumps(body),
         headers=None if isinstance(body, str) else _JSON,
         message_id=None if ident is None else str(ident),
+        trace_context=trace_context(document),  # the envelope's "traceparent", "tracestate"
     )
 
 

@@ -48,7 +48,7 @@ import anyio
 import attrs
 
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ async def run(
                 settle=_settle,
                 stop=stop,
                 stop_signals=stop_signals,
+                messaging_system="rabbitmq",
             )
             stop.set()
     return stats
@@ -164,6 +165,7 @@ def _convert(message: AbstractIncomingMessage) -> SourceMessage:
         body=message.body,
         headers=headers,
         message_id=message.message_id or f"delivery-tag-{message.delivery_tag}",
+        trace_context=trace_context(message.headers),
     )
 
 

@@ -36,7 +36,7 @@ import anyio.lowlevel
 import attrs
 
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe
+from ._base import Connector, announce_ready, describe, trace_context
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ async def run(
             settle=partial(_settle, client, options),
             stop=stop,
             stop_signals=stop_signals,
+            messaging_system="redis",  # no value in the semantic conventions: the broker's name
             task_status=task_status,
         )
 
@@ -177,6 +178,7 @@ def _convert(entry: Entry) -> SourceMessage:
         topic=entry.stream if topic is None else topic.decode(),
         body=body,
         message_id=f"{entry.stream}/{entry.id}",
+        trace_context=trace_context(entry.fields),  # fields "traceparent", "tracestate"
     )
 
 
