@@ -15,6 +15,7 @@ import h11
 from anyio.abc import SocketAttribute
 
 from ._callbacks import NOT_POST, Reply, callback_headers
+from ._h11 import answer, next_event
 
 if TYPE_CHECKING:
     from anyio.abc import ByteStream, TaskStatus
@@ -25,8 +26,6 @@ __all__ = ["CallbackServer"]
 
 _READ_SIZE: Final = 65536
 _MAX_HEAD: Final = 16 * 1024  # a callback's head: the function's headers and ours
-# A connection that sends nothing for this long is closed: no slow client holds a task.
-_IDLE_TIMEOUT: Final = 30.0
 
 
 @final
@@ -65,7 +64,7 @@ class CallbackServer:
 
     async def _exchange(self, connection: h11.Connection, stream: ByteStream) -> bool:
         """Answer one request; True when the connection may carry another."""
-        request = await _next_event(connection, stream)
+        request = await next_event(connection, stream, _READ_SIZE)
         if not isinstance(request, h11.Request):
             return False  # closed while idle
         registry = self._registry
@@ -85,24 +84,11 @@ class CallbackServer:
         return await _answer(connection, stream, registry.settle(admitted, headers, body))
 
 
-async def _next_event(connection: h11.Connection, stream: ByteStream) -> object:
-    while True:
-        event = connection.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        try:
-            with anyio.fail_after(_IDLE_TIMEOUT):
-                data = await stream.receive(_READ_SIZE)
-        except anyio.EndOfStream:
-            data = b""
-        connection.receive_data(data)
-
-
 async def _read_body(connection: h11.Connection, stream: ByteStream, limit: int) -> bytes | None:
     """The body, or None once it grows over ``limit`` (the rest is left unread)."""
     body = bytearray()
     while True:
-        event = await _next_event(connection, stream)
+        event = await next_event(connection, stream, _READ_SIZE)
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > limit:
@@ -116,16 +102,5 @@ async def _read_body(connection: h11.Connection, stream: ByteStream, limit: int)
 async def _answer(
     connection: h11.Connection, stream: ByteStream, reply: Reply, *, close: bool = False
 ) -> bool:
-    """Send ``reply``; True when the connection may carry another request (the request was
-    read to its end)."""
-    if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return False
-    close = close or connection.their_state is not h11.DONE  # a body left unread
-    body = reply.body
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    if close:
-        headers.append(("Connection", "close"))
-    data = connection.send(h11.Response(status_code=reply.status, headers=headers))
-    data += connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage())
-    await stream.send(data)
-    return not close
+    """Send ``reply``; True when the connection may carry another request."""
+    return await answer(connection, stream, reply.status, reply.body, close=close)

@@ -16,6 +16,8 @@ import anyio
 import h11
 from anyio.abc import SocketAttribute
 
+from ._h11 import answer, next_event
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -29,8 +31,6 @@ __all__ = ["READY_AFTER_INTERVALS", "serve_health"]
 READY_AFTER_INTERVALS: Final = 3
 _READ_SIZE: Final = 4096
 _MAX_HEAD: Final = 8 * 1024
-_IDLE_TIMEOUT: Final = 30.0  # a connection quiet this long is closed
-_TEXT: Final = "text/plain; charset=utf-8"
 
 
 async def serve_health(
@@ -83,44 +83,44 @@ class _Routes:
                 pass  # the client went away, or went quiet
             except h11.ProtocolError:
                 with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await _answer(connection, stream, 400, b"bad request\n", head=False)
+                    await answer(connection, stream, 400, b"bad request\n", head=False)
 
     async def _exchange(self, connection: h11.Connection, stream: ByteStream) -> bool:
-        request = await _next_event(connection, stream)
+        request = await next_event(connection, stream, _READ_SIZE)
         if not isinstance(request, h11.Request):
             return False  # closed while idle
         while True:  # a probe's body, if any, means nothing
-            event = await _next_event(connection, stream)
+            event = await next_event(connection, stream, _READ_SIZE)
             if isinstance(event, h11.EndOfMessage):
                 break
             if isinstance(event, h11.ConnectionClosed):
                 return False
         head = request.method == b"HEAD"
         if request.method not in (b"GET", b"HEAD"):
-            return await _answer(connection, stream, 405, b"GET or HEAD only\n", head=head)
+            return await answer(connection, stream, 405, b"GET or HEAD only\n", head=head)
         path = request.target.decode("latin-1").partition("?")[0]
         if path == "/healthz":
-            return await _answer(connection, stream, 200, b"ok\n", head=head)
+            return await answer(connection, stream, 200, b"ok\n", head=head)
         if path == "/readyz":
             problem = self._not_ready()
             if problem is None:
-                return await _answer(connection, stream, 200, b"ready\n", head=head)
-            return await _answer(connection, stream, 503, problem.encode() + b"\n", head=head)
+                return await answer(connection, stream, 200, b"ready\n", head=head)
+            return await answer(connection, stream, 503, problem.encode() + b"\n", head=head)
         if path == "/metrics":
             registry = self._controller.metrics_registry
             if registry is None:
                 text = b"metrics are off: AsyncController(config, metrics=True)\n"
-                return await _answer(connection, stream, 404, text, head=head)
+                return await answer(connection, stream, 404, text, head=head)
             from prometheus_client import (  # noqa: PLC0415 - metrics on: installed
                 CONTENT_TYPE_LATEST,
                 generate_latest,
             )
 
             body = generate_latest(registry)
-            return await _answer(
+            return await answer(
                 connection, stream, 200, body, content_type=CONTENT_TYPE_LATEST, head=head
             )
-        return await _answer(connection, stream, 404, b"not found\n", head=head)
+        return await answer(connection, stream, 404, b"not found\n", head=head)
 
     def _not_ready(self) -> str | None:
         """Why the connector is not ready, or None."""
@@ -138,40 +138,3 @@ class _Routes:
         if self._ready is not None and not self._ready():
             return "the source is not connected"
         return None
-
-
-async def _next_event(connection: h11.Connection, stream: ByteStream) -> object:
-    while True:
-        event = connection.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        try:
-            with anyio.fail_after(_IDLE_TIMEOUT):
-                data = await stream.receive(_READ_SIZE)
-        except anyio.EndOfStream:
-            data = b""
-        connection.receive_data(data)
-
-
-async def _answer(
-    connection: h11.Connection,
-    stream: ByteStream,
-    status: int,
-    body: bytes,
-    *,
-    content_type: str = _TEXT,
-    head: bool,
-) -> bool:
-    """Send the answer; True when the connection may carry another request."""
-    if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return False
-    close = connection.their_state is not h11.DONE
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-    if close:
-        headers.append(("Connection", "close"))
-    data = connection.send(h11.Response(status_code=status, headers=headers))
-    if not head:
-        data += connection.send(h11.Data(data=body))
-    data += connection.send(h11.EndOfMessage())
-    await stream.send(data)
-    return not close
