@@ -27,6 +27,7 @@ from aioconnector.connectors._settings import (
     LOG_LEVEL_VARIABLE,
     common_rows,
     env_names,
+    option,
     option_rows,
 )
 from aioconnector.testing import FakeGateway
@@ -215,6 +216,22 @@ def test_a_bad_gateway_flag_is_named_as_the_flag() -> None:
         _settings("nats", [], {"upstream_timeout": "y"})
 
 
+def test_a_choice_option_takes_only_its_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _settings("mqtt", [], {}).options.protocol == "3.1.1"
+    assert _settings("mqtt", [], {"mqtt_protocol": " 5 "}).options.protocol == "5"
+    assert _settings("mqtt", ["--protocol", "3.1.1"], {"mqtt_protocol": "5"}).options.protocol == (
+        "3.1.1"
+    )
+    with pytest.raises(ValueError, match=r"^mqtt_protocol: expected one of 3\.1\.1, 5, got 'v5'"):
+        _settings("mqtt", [], {"mqtt_protocol": "v5"})
+    with pytest.raises(SystemExit) as caught:
+        _parser().parse_args(["connect", "mqtt", "--protocol", "3"])
+    assert caught.value.code == 2
+    assert "--protocol: expected one of 3.1.1, 5, got '3'" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="choices are for a str option whose default is one"):
+        option("4", "a version", choices=("3.1.1", "5"))
+
+
 def test_a_bad_option_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         _parser().parse_args(["connect", "redis", "--min-idle", "-5"])
@@ -291,6 +308,8 @@ def test_connect_lists_every_broker(capsys: pytest.CaptureFixture[str]) -> None:
         (lambda: redis.Options(streams="orders"), TypeError, "streams must be a tuple of str"),  # type: ignore[arg-type]
         (lambda: rabbitmq.Options(url=None), TypeError, "url must be a str, got NoneType"),  # type: ignore[arg-type]
         (lambda: mqtt.Options(port="1883"), TypeError, "port must be an int >= 1"),  # type: ignore[arg-type]
+        (lambda: mqtt.Options(protocol="5.0"), ValueError, "protocol must be one of 3.1.1, 5"),
+        (lambda: mqtt.Options(protocol=5), TypeError, "protocol must be a str, got int"),  # type: ignore[arg-type]
         (lambda: postgres.Options(channels=("a", " ")), ValueError, "channels must hold"),
         (lambda: nats.Options(nak_unroutable="yes"), TypeError, "nak_unroutable must be a bool"),  # type: ignore[arg-type]
     ],

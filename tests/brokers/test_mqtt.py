@@ -50,11 +50,19 @@ class Run:
 
 @asynccontextmanager
 async def running(
-    gateway: FakeGateway, port: int, topics: str, *, client_id: str = "", **settings: Any
+    gateway: FakeGateway,
+    port: int,
+    topics: str,
+    *,
+    client_id: str = "",
+    protocol: str = "3.1.1",
+    **settings: Any,
 ) -> AsyncIterator[Run]:
     """Run the connector until the block ends; its stats are set once it has returned."""
     run = Run(anyio.Event())
-    options = mqtt.Options(port=port, topics=tuple(topics.split(",")), client_id=client_id)
+    options = mqtt.Options(
+        port=port, topics=tuple(topics.split(",")), client_id=client_id, protocol=protocol
+    )
     config = ControllerConfig.from_env(
         {"gateway_url": gateway.url, "startup_timeout": "5s"},
         retry=RetryPolicy.disabled(),
@@ -73,24 +81,38 @@ async def running(
             run.stop.set()
 
 
-async def publish(port: int, messages: list[tuple[str, str]]) -> None:
+PROTOCOLS = {"3.1.1": aiomqtt.ProtocolVersion.V311, "5": aiomqtt.ProtocolVersion.V5}
+
+
+async def publish(port: int, messages: list[tuple[str, str]], protocol: str = "3.1.1") -> None:
     """Publish (topic, payload) pairs with QoS 1: each one returns once the broker has it."""
-    async with aiomqtt.Client("127.0.0.1", port) as client:
+    async with aiomqtt.Client("127.0.0.1", port, protocol=PROTOCOLS[protocol]) as client:
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1)
+
+
+async def end_session(port: int, client_id: str, protocol: str) -> None:
+    """Connect under ``client_id`` with a clean session: the broker forgets its session."""
+    if protocol == "5":  # clean start, and a session expiry interval of 0 (the default)
+        clean: dict[str, Any] = {"protocol": PROTOCOLS[protocol], "clean_start": True}
+    else:
+        clean = {"clean_session": True}
+    async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, **clean):
+        pass
 
 
 def ids(records: list[RecordedRequest]) -> list[str]:
     return [record.headers["x-message-id"] for record in records]
 
 
-async def test_end_to_end_qos1(gateway: FakeGateway, port: int, prefix: str) -> None:
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_end_to_end_qos1(gateway: FakeGateway, port: int, prefix: str, protocol: str) -> None:
     temp, humidity = f"{prefix}/kitchen/temp", f"{prefix}/kitchen/humidity"
     gateway.add_function("temp", topics=[temp])
     gateway.add_function("humidity", topics=[humidity])
     sent = [(temp if n % 2 else humidity, f"reading-{n}") for n in range(30)]
-    async with running(gateway, port, f"{prefix}/#") as run:
-        await publish(port, sent)
+    async with running(gateway, port, f"{prefix}/#", protocol=protocol) as run:
+        await publish(port, sent, protocol)
         await wait_until(lambda: len(gateway.invocations()) == 30)
     for function, topic in (("temp", temp), ("humidity", humidity)):
         records = gateway.invocations(function)
@@ -117,9 +139,11 @@ async def test_unmatched_topics_invoke_nothing(
     assert run.stats.received == 3
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_persistent_session_redelivers_what_was_not_settled(
-    gateway: FakeGateway, port: int, prefix: str
+    gateway: FakeGateway, port: int, prefix: str, protocol: str
 ) -> None:
+    """With 5, the session outlives the connection by its session expiry interval."""
     topic, client_id = f"{prefix}/orders", f"aioconnector-{uuid.uuid4().hex[:12]}"
 
     # The function answers only once released, after the first run: none of its invocations
@@ -135,23 +159,27 @@ async def test_persistent_session_redelivers_what_was_not_settled(
     try:
         # Stopped with 4 invocations in flight, cut short: nothing was settled, nor acked.
         async with running(
-            gateway, port, topic, client_id=client_id, max_concurrency=4, drain_timeout=0.05
+            gateway,
+            port,
+            topic,
+            client_id=client_id,
+            protocol=protocol,
+            max_concurrency=4,
+            drain_timeout=0.05,
         ) as first:
-            await publish(port, sent)
+            await publish(port, sent, protocol)
             await wait_until(lambda: len(gateway.invocations()) >= 4)
         release.set()
         cut_short = set(ids(gateway.invocations()))
         gateway.add_function("orders", topics=[topic])  # fast from now on
         gateway.requests.clear()
         # Published while no connector runs: the broker keeps it for the session.
-        await publish(port, [(topic, "while-down")])
-        async with running(gateway, port, topic, client_id=client_id):
+        await publish(port, [(topic, "while-down")], protocol)
+        async with running(gateway, port, topic, client_id=client_id, protocol=protocol):
             await wait_until(lambda: len(gateway.invocations()) == len(sent) + 1)
         second = set(ids(gateway.invocations()))
     finally:
-        # End the broker's session for that id.
-        async with aiomqtt.Client("127.0.0.1", port, identifier=client_id, clean_session=True):
-            pass
+        await end_session(port, client_id, protocol)
     assert first.stats is not None
     assert first.stats.settled[Settlement.ACK] == 0
     assert first.stats.unsettled >= 4

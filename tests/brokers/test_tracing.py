@@ -27,13 +27,14 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE}-{PARENT}-01"
 
-# A broker case: (connector options, publish one message on topic "orders"), set up and torn
-# down around the test.
+# A broker case: (connector options, publish one message, its topic: "orders" but where the
+# broker's topic is the topic), set up and torn down around the test.
 Case = Callable[[str], Any]
+Setup = AsyncIterator[tuple[object, Callable[[], Awaitable[None]], str]]
 
 
 @asynccontextmanager
-async def nats_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaitable[None]]]]:
+async def nats_case(tag: str) -> Setup:
     require_module("nats")
     import nats
 
@@ -52,14 +53,14 @@ async def nats_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaita
         await js.publish(prefix + "orders", b"{}", headers={"traceparent": TRACEPARENT})
 
     try:
-        yield options, publish
+        yield options, publish, "orders"
     finally:
         await js.delete_stream(stream)
         await client.close()
 
 
 @asynccontextmanager
-async def redis_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaitable[None]]]]:
+async def redis_case(tag: str) -> Setup:
     require_module("redis")
     from redis.asyncio import Redis
 
@@ -75,13 +76,13 @@ async def redis_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Await
             await client.xadd(stream, fields)  # type: ignore[arg-type]
 
         try:
-            yield options, publish
+            yield options, publish, "orders"
         finally:
             await client.delete(stream, f"{stream}:dead")
 
 
 @asynccontextmanager
-async def rabbitmq_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaitable[None]]]]:
+async def rabbitmq_case(tag: str) -> Setup:
     require_module("aio_pika")
     import aio_pika
 
@@ -99,7 +100,7 @@ async def rabbitmq_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Aw
             await exchange.publish(message, routing_key="orders")
 
     try:
-        yield options, publish
+        yield options, publish, "orders"
     finally:
         async with await aio_pika.connect(url) as connection:
             channel = await connection.channel()
@@ -108,28 +109,53 @@ async def rabbitmq_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Aw
 
 
 @asynccontextmanager
-async def mqtt_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaitable[None]]]]:
+async def mqtt_case(tag: str) -> Setup:
     require_module("aiomqtt")
     import aiomqtt
 
     from aioconnector.connectors import mqtt as connector
 
     port = require_service("mqtt")
-    # The connector speaks MQTT 3.1.1 (no user properties): a structured CloudEvent payload
-    # carries the context here. The MQTT topic is the topic: "orders" itself.
-    options = connector.Options(port=port, topics=("orders",), client_id="")
+    # MQTT 3.1.1 has no user properties: a structured CloudEvent payload carries the context
+    # here. The MQTT topic is the topic: one of this test's own, so no other run sees it.
+    topic = f"tr/{tag}/orders"
+    options = connector.Options(port=port, topics=(topic,), client_id="")
     event = {"specversion": "1.0", "type": "t", "source": "s", "id": "1"}
 
     async def publish() -> None:
         async with aiomqtt.Client("127.0.0.1", port) as client:
             payload = json.dumps({**event, "traceparent": TRACEPARENT})
-            await client.publish("orders", payload, qos=1)
+            await client.publish(topic, payload, qos=1)
 
-    yield options, publish
+    yield options, publish, topic
 
 
 @asynccontextmanager
-async def postgres_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Awaitable[None]]]]:
+async def mqtt5_case(tag: str) -> Setup:
+    require_module("aiomqtt")
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from aioconnector.connectors import mqtt as connector
+
+    port = require_service("mqtt")
+    # MQTT 5: the context is a user property, the payload no CloudEvent.
+    topic = f"tr/{tag}/orders"
+    options = connector.Options(port=port, topics=(topic,), client_id="", protocol="5")
+
+    async def publish() -> None:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = [("traceparent", TRACEPARENT)]
+        v5 = aiomqtt.ProtocolVersion.V5
+        async with aiomqtt.Client("127.0.0.1", port, protocol=v5) as client:
+            await client.publish(topic, b"{}", qos=1, properties=properties)
+
+    yield options, publish, topic
+
+
+@asynccontextmanager
+async def postgres_case(tag: str) -> Setup:
     require_module("asyncpg")
     import asyncpg  # type: ignore[import-untyped]
 
@@ -147,7 +173,7 @@ async def postgres_case(tag: str) -> AsyncIterator[tuple[object, Callable[[], Aw
         finally:
             await connection.close()
 
-    yield options, publish
+    yield options, publish, "orders"
 
 
 CASES = {
@@ -155,8 +181,11 @@ CASES = {
     "redis": redis_case,
     "rabbitmq": rabbitmq_case,
     "mqtt": mqtt_case,
+    "mqtt5": mqtt5_case,
     "postgres": postgres_case,
 }
+CONNECTOR_OF = {"mqtt5": "mqtt"}  # the cases that are not named after their connector
+SYSTEM_OF = {"postgres": "postgresql", "mqtt5": "mqtt"}  # messaging.system, where not the name
 
 
 @pytest.mark.parametrize("broker", sorted(CASES))
@@ -165,9 +194,10 @@ async def test_a_published_traceparent_yields_one_trace_to_the_gateway(broker: s
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     gateway = FakeGateway()
-    gateway.add_function("orders", topics=["orders"])
-    connector = CONNECTORS[broker]
-    async with gateway.serve() as url, CASES[broker](uuid.uuid4().hex[:10]) as (options, publish):
+    connector = CONNECTORS[CONNECTOR_OF.get(broker, broker)]
+    case = CASES[broker](uuid.uuid4().hex[:10])
+    async with gateway.serve() as url, case as (options, publish, topic):
+        gateway.add_function("orders", topics=[topic])
         config = ControllerConfig(
             gateway_url=url, startup_timeout=5.0, retry=RetryPolicy.disabled()
         )
@@ -187,14 +217,14 @@ async def test_a_published_traceparent_yields_one_trace_to_the_gateway(broker: s
     (consumer,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CONSUMER]
     (client,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
     (request,) = gateway.invocations()
-    assert consumer.name == "process orders"
+    assert consumer.name == f"process {topic}"
     assert consumer.parent is not None
     assert (f"{consumer.parent.trace_id:032x}", f"{consumer.parent.span_id:016x}") == (
         TRACE,
         PARENT,
     )
     attributes = dict(consumer.attributes or {})
-    assert attributes["messaging.system"] == {"postgres": "postgresql"}.get(broker, broker)
+    assert attributes["messaging.system"] == SYSTEM_OF.get(broker, broker)
     assert attributes["aioconnector.settlement"] == "ack"
     assert client.parent is not None
     assert consumer.context is not None

@@ -4,7 +4,8 @@ A connector's options are a frozen attrs class whose fields are made with :func:
 field ``max_deliver`` of the NATS connector is the flag ``--max-deliver`` and the variable
 ``nats_max_deliver``. The default's type decides how text is parsed (and the field validated):
 ``str`` as it is, ``int`` a whole number >= 1, ``float`` seconds (``30``, ``1.5``, ``30s``,
-``1m30s``), ``tuple`` comma-separated names, ``bool`` true/false. The gateway settings are the
+``1m30s``), ``tuple`` comma-separated names, ``bool`` true/false; a ``str`` option may be
+limited to ``choices``. The gateway settings are the
 variables ``ControllerConfig.from_env`` reads, each also a flag (:data:`CONTROLLER_VARIABLES`):
 a flag given is handed to ``from_env`` as its variable, so both are parsed, validated and
 reported the same way. Nothing here imports a broker client.
@@ -47,6 +48,7 @@ OptionsT = TypeVar("OptionsT", bound="attrs.AttrsInstance")
 
 _HELP: Final = "aioconnector.help"
 _ALSO: Final = "aioconnector.also_env"
+_CHOICES: Final = "aioconnector.choices"
 LOG_LEVEL_VARIABLE: Final = "log_level"
 HEALTH_PORT_VARIABLE: Final = "health_port"
 _HEALTH_HELP: Final = "serve /healthz, /readyz and /metrics on this port (all interfaces)"
@@ -83,15 +85,29 @@ _PARSERS: Final[dict[type, Callable[[str], Any]]] = {
 
 
 def _parser_of(field: attrs.Attribute[Any]) -> Callable[[str], Any]:
-    return _PARSERS[type(field.default)]
+    choices: tuple[str, ...] = field.metadata.get(_CHOICES, ())
+    if not choices:
+        return _PARSERS[type(field.default)]
+
+    def one_of(text: str) -> str:
+        value = text.strip()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return one_of
 
 
 # -- validating the fields (the library API: bad values fail where the options are made) ------
 
 
-def _check(kind: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
+def _check(
+    kind: type, choices: tuple[str, ...] = ()
+) -> Callable[[object, attrs.Attribute[Any], object], None]:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         name = attribute.name
+        if choices and isinstance(value, str) and value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if kind is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -127,22 +143,27 @@ def _to_float(value: object) -> object:
 _CONVERTERS: Final[dict[type, Callable[[object], object]]] = {tuple: _to_tuple, float: _to_float}
 
 
-def option(default: T, help: str, *, also_env: tuple[str, ...] = ()) -> T:
+def option(
+    default: T, help: str, *, also_env: tuple[str, ...] = (), choices: tuple[str, ...] = ()
+) -> T:
     """A field of a connector's options class that is also a flag and a variable.
 
     ``also_env``: more variables read, in order, when the connector's own is not set (e.g.
-    ``topics``, which OpenFaaS connectors use for what to subscribe to).
+    ``topics``, which OpenFaaS connectors use for what to subscribe to). ``choices``: the
+    values a ``str`` option may take (its default one of them).
     """
     kind = type(default)
     if kind not in _PARSERS:
         raise TypeError(
             f"an option's default must be one of {sorted(t.__name__ for t in _PARSERS)}"
         )
+    if choices and (kind is not str or default not in choices):
+        raise TypeError(f"choices are for a str option whose default is one; got {default!r}")
     field: T = attrs.field(
         default=default,
         converter=_CONVERTERS.get(kind),
-        validator=_check(kind),
-        metadata={_HELP: help, _ALSO: also_env},
+        validator=_check(kind, choices),
+        metadata={_HELP: help, _ALSO: also_env, _CHOICES: choices},
     )
     return field
 

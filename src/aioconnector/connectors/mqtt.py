@@ -22,6 +22,14 @@ What QoS 1 guarantees here depends on --client-id:
   The broker's in-flight window (mosquitto's max_inflight_messages, 20) then also bounds the
   messages in flight. Acks may go out of the order of arrival, which mosquitto accepts.
 
+--protocol picks the MQTT version: 3.1.1 (the default) or 5. With 5, the session is a clean
+start without --client-id; with it, no clean start and a session expiry interval of
+0xFFFFFFFF, which MQTT 5 defines as never expiring: the session outlives stops and reconnects
+as a 3.1.1 persistent session does (until the broker's own limit, e.g. mosquitto's
+persistent_client_expiration, or a clean start under that id). A publisher's MQTT 5 user
+properties ``traceparent`` and ``tracestate`` then continue its trace (under 3.1.1, only a
+structured CloudEvent payload can carry one); other user properties are not forwarded.
+
 MQTT has no negative acknowledgement: a message whose invocation failed (after the controller's
 own retries, see RetryPolicy), whose topic no function subscribes to, or that cannot be invoked
 is acknowledged and logged, never redelivered nor dead-lettered. Retained messages are
@@ -39,7 +47,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -63,6 +71,8 @@ __all__ = ["CONNECTOR", "Options", "message_id", "run"]
 
 log = logging.getLogger("aioconnector.connectors.mqtt")
 _QOS = 1
+_PROTOCOLS = ("3.1.1", "5")
+_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry interval for "never"
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +85,11 @@ class Options:
     client_id: str = option("", "persistent session id: acks after settling, at least once")
     username: str = option("", "user name, if the broker wants one")
     password: str = option("", "password (prefer the variable mqtt_password)")
+    protocol: str = option(
+        "3.1.1",
+        "MQTT version, 3.1.1 or 5 (5: trace context from user properties)",
+        choices=_PROTOCOLS,
+    )
 
 
 async def run(
@@ -97,9 +112,9 @@ async def run(
         options.host,
         options.port,
         identifier=options.client_id or None,
-        clean_session=not persistent,
         username=options.username or None,
         password=options.password or None,
+        **_session(options.protocol, persistent),
     )
     if persistent:  # before connecting: the broker resends the unacked messages at once
         client._client.manual_ack_set(on=True)
@@ -117,6 +132,25 @@ async def run(
             stop_signals=stop_signals,
             messaging_system="mqtt",  # no value in the semantic conventions: the broker's name
         )
+
+
+def _session(protocol: str, persistent: bool) -> dict[str, Any]:
+    """aiomqtt's arguments for the protocol version and a clean or persistent session."""
+    import aiomqtt
+
+    if protocol == "3.1.1":
+        return {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not persistent}
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if persistent:  # else 0, the default: the session ends with the connection
+        properties.SessionExpiryInterval = _NEVER_EXPIRES
+    return {
+        "protocol": aiomqtt.ProtocolVersion.V5,
+        "clean_start": not persistent,
+        "properties": properties,
+    }
 
 
 def message_id(topic: str, payload: bytes) -> str:
