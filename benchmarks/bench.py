@@ -147,6 +147,7 @@ QUICK: Final = Settings(
     mixed_duration=0.5,
     outage_rate=100.0,
     match_lookups=5_000,
+    match_subscriptions=1_000,
     outage_before=0.5,
     outage=0.5,
     outage_after=0.6,
