@@ -126,7 +126,7 @@ async def test_run_source_settlements_are_metrics_and_stats(wire: Wire) -> None:
 
     async def source() -> AsyncIterator[list[str]]:
         for topic in ("orders", "orders", "nobody", "bad\ntopic"):
-            yield [topic]  # distinct objects: run_source tells messages apart by identity
+            yield [topic]
 
     async def settle(
         _: list[str], verdict: Settlement, results: Sequence[InvocationResult]

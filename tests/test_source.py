@@ -340,3 +340,36 @@ async def test_a_stop_after_the_source_ended_still_bounds_the_drain(wire: Wire) 
                 release=release,
             )
     assert (stats.received, stats.unsettled, released) == (1, 1, [1])
+
+
+async def test_one_object_yielded_twice_while_in_flight_is_settled_twice(wire: Wire) -> None:
+    """Messages are told apart by their taking, not by identity: a source may yield the same
+    object again (an interned string, a cached record) while the first is in flight."""
+    both_in = anyio.Event()
+    arrived = 0
+
+    async def hold_until_both_arrived(request: RecordedRequest) -> FakeResponse:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_in.set()
+        await both_in.wait()
+        return FakeResponse(body=request.body)
+
+    wire.gateway.add_function("echo", topics="orders", handler=hold_until_both_arrived)
+    message = Msg(7, "orders")
+    settled: list[tuple[Msg, Settlement]] = []
+
+    async def settle(msg: Msg, verdict: Settlement, _: Sequence[InvocationResult]) -> None:
+        settled.append((msg, verdict))
+
+    async with wire.controller() as ctrl:
+        with anyio.fail_after(10):
+            stats = await run_source(
+                ctrl, listed([message, message]), convert=convert, settle=settle, max_in_flight=2
+            )
+    assert arrived == 2  # both were in flight at once
+    assert settled == [(message, Settlement.ACK), (message, Settlement.ACK)]
+    assert settled[0][0] is settled[1][0] is message
+    assert (stats.received, stats.unsettled) == (2, 0)
+    assert stats.settled[Settlement.ACK] == 2

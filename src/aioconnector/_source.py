@@ -99,7 +99,9 @@ class SourceStats:
 class _Counter(Generic[T]):
     received: int = 0
     settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
-    pending: dict[int, T] = attrs.Factory(dict)  # taken from the source, not yet settled
+    # Taken from the source, not yet settled, by the number of their taking (not by id(): a
+    # source may yield one object twice, e.g. the same string, while the first is in flight).
+    pending: dict[int, T] = attrs.Factory(dict)
     totals: Counts = attrs.Factory(Counts)  # the controller's, for stats() and metrics
 
 
@@ -160,16 +162,17 @@ async def run_source(
     busy_workers = workers
     workers_done = anyio.Event()
 
-    async def work(receive: MemoryObjectReceiveStream[T]) -> None:
+    async def work(receive: MemoryObjectReceiveStream[tuple[int, T]]) -> None:
         nonlocal busy_workers
         async with receive:
-            async for item in receive:
+            async for ticket, item in receive:
                 await _handle(
                     controller,
                     item,
                     convert,
                     settle,
                     counter,
+                    ticket=ticket,
                     invoke=invoke,
                     messaging_system=messaging_system,
                 )
@@ -182,7 +185,7 @@ async def run_source(
         async with anyio.create_task_group() as group:
             if stop_signals:
                 await group.start(_set_on_signals, stop, stop_signals)
-            send, receive = anyio.create_memory_object_stream[T](0)
+            send, receive = anyio.create_memory_object_stream[tuple[int, T]](0)
             with receive:
                 for _ in range(workers):
                     group.start_soon(work, receive.clone())
@@ -213,15 +216,16 @@ async def run_source(
 
 
 async def _feed(
-    source: AsyncIterable[T], send: MemoryObjectSendStream[T], counter: _Counter[T]
+    source: AsyncIterable[T], send: MemoryObjectSendStream[tuple[int, T]], counter: _Counter[T]
 ) -> None:
     iterator = aiter(source)
     try:
         async for item in iterator:
             counter.received += 1
-            counter.pending[id(item)] = item
+            ticket = counter.received
+            counter.pending[ticket] = item
             counter.totals.source_in_flight += 1
-            await send.send(item)  # waits for a free worker: the in-flight bound
+            await send.send((ticket, item))  # waits for a free worker: the in-flight bound
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:  # an async generator: finalize it now, in this task
@@ -236,6 +240,7 @@ async def _handle(
     settle: Callable[[T, Settlement, Sequence[InvocationResult]], Awaitable[None]],
     counter: _Counter[T],
     *,
+    ticket: int,
     invoke: _Invoke,
     messaging_system: str,
 ) -> None:
@@ -264,7 +269,7 @@ async def _handle(
             scope.deadline = anyio.current_time() + _SETTLE_GRACE
             await settle(item, verdict, results)
             counter.settled[verdict] += 1
-            del counter.pending[id(item)]
+            del counter.pending[ticket]
             totals = counter.totals
             totals.source_in_flight -= 1
             totals.settled[verdict.value] = totals.settled.get(verdict.value, 0) + 1
