@@ -129,9 +129,14 @@ class Lane:
             self._low = float(min(adaptive.min, self._high))
             start = float(adaptive.initial) if initial else self.limit
             self.limit = min(max(start, self._low), self._high)
+        self._limit_changed()
+        self.wake()
+
+    def _limit_changed(self) -> None:
+        """The cap follows the limit, except while the gate is closed (then it is 0, and
+        `_open_gate` sets it from the limit)."""
         if self.gate_until == -math.inf:
             self.cap = _as_cap(self.limit)
-            self.wake()
 
     def update(self, policy: FunctionPolicy, max_concurrency: int) -> None:
         """A new topic map: the function's policy may have changed; what was learnt stays."""
@@ -184,8 +189,7 @@ class Lane:
                     self._ceiling = _NO_LIMIT
                     self._hold_next = adaptive.hold
         self.limit = min(limit, self._high)
-        if self.gate_until == -math.inf:
-            self.cap = _as_cap(self.limit)
+        self._limit_changed()
 
     def _failed(self, result: InvocationResult, sent_at: float, now: float) -> None:
         status = result.status
@@ -222,8 +226,7 @@ class Lane:
             self._hold = adaptive.hold
         self._ceiling = refused
         self.limit = max(self.limit * factor, self._low)
-        if self.gate_until == -math.inf:
-            self.cap = _as_cap(self.limit)
+        self._limit_changed()
 
     # -- Retry-After gate ------------------------------------------------------------------
 

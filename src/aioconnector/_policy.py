@@ -202,15 +202,9 @@ def policy_from_annotations(
     idempotent = read(IDEMPOTENT, parse_bool)
     if idempotent:
         changes["retry_on_timeout"] = True
-    effective = retry
-    if changes:
-        try:
-            effective = attrs.evolve(retry, **changes)
-        except (ValueError, TypeError) as exc:  # e.g. min_wait above max_wait's default
-            problems.append(f"{OPENFAAS_RETRY_PREFIX}*: {exc}")
-            for name in (ATTEMPTS, CODES, MIN_WAIT, MAX_WAIT):
-                applied.pop(name, None)
-    own_timeout = read(TIMEOUT, _parse_timeout)
+    # Every value was parsed into RetryPolicy's own ranges: evolve cannot refuse it.
+    effective = attrs.evolve(retry, **changes) if changes else retry
+    own_timeout = read(TIMEOUT, parse_duration)  # 0: no timeout, as upstream_timeout's "0"
     policy = FunctionPolicy(
         function=function,
         retry=effective,
@@ -233,8 +227,3 @@ def _parse_codes(text: str) -> frozenset[int]:
     if not parts or not all(re.fullmatch(r"[1-5][0-9][0-9]", part) for part in parts):
         raise ValueError("must be HTTP status codes separated by commas, e.g. 429,502")
     return frozenset(int(part) for part in parts)
-
-
-def _parse_timeout(text: str) -> float:
-    """A Go duration; 0 means no timeout (returned as 0.0)."""
-    return parse_duration(text)
