@@ -207,6 +207,25 @@ async def test_a_failed_entry_is_claimed_again_until_it_succeeds(broker: Broker)
     assert await broker.dead_letters() == []
 
 
+async def test_an_invocation_slower_than_min_idle_keeps_its_entry(broker: Broker) -> None:
+    # The claim is renewed while the function runs: the entry is neither claimed again here
+    # (a second invocation) nor counted as delivered again.
+    gateway = FakeGateway()
+    function = SlowFunction(latency=(1.5, 1.5))
+    gateway.add_function("orders", topics=["orders"], handler=function)
+    message_id = await broker.add(b"slow", topic="orders")
+    options = broker.options(min_idle=300)
+
+    async with gateway.serve() as url, running(config(url), options) as stats:
+        await wait_until(lambda: bool(function.finished()), within=10)
+        await wait_until(broker.settled, within=10)
+        await anyio.sleep(0.5)  # past min_idle again: nothing is left to claim
+
+    assert [call.message_id for call in function.calls] == [message_id]
+    assert stats[0].settled[Settlement.ACK] == 1
+    assert stats[0].received == 1
+
+
 async def test_entries_past_max_deliveries_go_to_the_dead_letter_stream(broker: Broker) -> None:
     gateway = FakeGateway()
     gateway.add_function("poison", topics=["poison"])

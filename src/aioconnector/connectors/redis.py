@@ -13,12 +13,17 @@ Delivery is at least once, in no particular order (up to max_concurrency entries
   ``dead_reason``, ``dead_from`` and ``dead_deliveries`` fields) and XACKed, in one MULTI;
 - a connector that dies leaves its entries pending: the others claim them after --min-idle.
 
+While an entry's invocations run, the connector renews its claim every third of --min-idle
+(XCLAIM JUSTID, which resets the idle time without counting a delivery), so an invocation
+slower than --min-idle does not get the entry claimed again, by another connector or by this
+one: its lease lives as long as the process does.
+
 The group is created when missing, from the start of the stream. Several connectors in the same
 --group (each with its own --consumer; the default, ``<hostname>-<pid>``, differs per pod)
 share the work. SIGTERM or SIGINT: read no more, finish the invocations in flight (up to
-drain_timeout), XACK what finished, leave the rest pending, exit 0. Keep --min-idle above the
-longest invocation (upstream_timeout, retries included), or an entry still being worked on is
-claimed again. Needs Redis >= 7 and ``pip install 'aioconnector[redis]'``:
+drain_timeout), XACK what finished, leave the rest pending, exit 0. --min-idle is then how
+long a dead connector's entries wait: keep it well above a pause of the process (a claim is
+renewed every third of it). Needs Redis >= 7 and ``pip install 'aioconnector[redis]'``:
 
     gateway_url=http://127.0.0.1:8080 aioconnector connect redis --streams orders,payments
 """
@@ -69,7 +74,9 @@ class Options:
     group: str = option("aioconnector", "consumer group, shared by replicas (created)")
     consumer: str = option("", "this consumer's name in the group (empty: <hostname>-<pid>)")
     batch: int = option(16, "entries per read")
-    min_idle: int = option(60_000, "ms after which another consumer's pending entry is claimed")
+    min_idle: int = option(
+        60_000, "ms after which a dead consumer's pending entry is claimed (live ones renew)"
+    )
     max_deliveries: int = option(5, "deliveries before a failing entry is dead-lettered")
 
 
@@ -81,6 +88,24 @@ class Entry:
     id: str
     fields: Mapping[bytes, bytes]
     deliveries: int
+
+
+@attrs.define
+class _Held:
+    """The entries this connector took and has not settled yet, by stream: its leases."""
+
+    ids: dict[str, set[str]] = attrs.Factory(dict)
+
+    def take(self, entry: Entry) -> bool:
+        """Hold ``entry``; False when it is held already (claimed again while in flight)."""
+        held = self.ids.setdefault(entry.stream, set())
+        if entry.id in held:
+            return False
+        held.add(entry.id)
+        return True
+
+    def release(self, entry: Entry) -> None:
+        self.ids.get(entry.stream, set()).discard(entry.id)
 
 
 async def run(
@@ -108,19 +133,37 @@ async def run(
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):  # BUSYGROUP: it exists already
                     raise
-        return await run_source(
-            controller,
-            _read(client, options),
-            convert=_convert,
-            settle=partial(_settle, client, options),
-            stop=stop,
-            stop_signals=stop_signals,
-            messaging_system="redis",  # no value in the semantic conventions: the broker's name
-            task_status=task_status,
-        )
+        held = _Held()
+        async with anyio.create_task_group() as leases:
+            leases.start_soon(_renew_leases, client, options, held)
+            stats = await run_source(
+                controller,
+                _read(client, options, held),
+                convert=_convert,
+                settle=partial(_settle, client, options, held=held),
+                stop=stop,
+                stop_signals=stop_signals,
+                messaging_system="redis",  # no value in the semantic conventions: the broker's
+                task_status=task_status,
+            )
+            leases.cancel_scope.cancel()
+        return stats
 
 
-async def _read(client: Redis, options: Options) -> AsyncIterator[Entry]:
+async def _renew_leases(client: Redis, options: Options, held: _Held) -> None:
+    """Every third of min_idle, reset the idle time of the entries in flight here."""
+    while True:
+        await anyio.sleep(options.min_idle / 3000)
+        renewals: list[tuple[str, list[StreamIdT]]] = [
+            (stream, list(ids)) for stream, ids in held.ids.items() if ids
+        ]
+        for stream, ids in renewals:
+            # JUSTID: the delivery count stays as it is. An id settled meanwhile is no longer
+            # pending (XCLAIM ignores it) or was left pending on purpose (claimable a bit later).
+            await client.xclaim(stream, options.group, options.consumer, 0, ids, justid=True)
+
+
+async def _read(client: Redis, options: Options, held: _Held) -> AsyncIterator[Entry]:
     """New entries for this consumer, and every ``min_idle / 2`` the idle ones it claims."""
     await anyio.lowlevel.checkpoint()  # run_source's signal handlers go in before "ready"
     announce_ready(log, f"{','.join(options.streams)} as {options.consumer} in {options.group}")
@@ -133,7 +176,8 @@ async def _read(client: Redis, options: Options) -> AsyncIterator[Entry]:
                 while True:
                     cursor, claimed = await _reclaim(client, options, stream, cursor)
                     for entry in claimed:
-                        yield entry
+                        if held.take(entry):  # not when its invocations still run here
+                            yield entry
                     if cursor == "0-0":
                         break
         block = max(1, round((reclaim_at - anyio.current_time()) * 1000))
@@ -143,7 +187,9 @@ async def _read(client: Redis, options: Options) -> AsyncIterator[Entry]:
         )
         for name, entries in cast("list[tuple[bytes, Entries]]", reply or []):
             for entry_id, fields in entries:
-                yield Entry(name.decode(), entry_id.decode(), fields, deliveries=1)
+                entry = Entry(name.decode(), entry_id.decode(), fields, deliveries=1)
+                held.take(entry)
+                yield entry
 
 
 async def _reclaim(
@@ -188,8 +234,11 @@ async def _settle(
     entry: Entry,
     verdict: Settlement,
     results: Sequence[InvocationResult],
+    *,
+    held: _Held,
 ) -> None:
     """XACK a success; leave a failure pending until its last delivery; dead-letter the rest."""
+    held.release(entry)  # settled or left to be claimed again once idle: no longer renewed
     if verdict is Settlement.ACK:
         await client.xack(entry.stream, options.group, entry.id)
     elif verdict is Settlement.RETRY and entry.deliveries < options.max_deliveries:
