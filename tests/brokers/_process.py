@@ -1,8 +1,8 @@
 """The packaged connectors, run as ``python -m aioconnector connect <broker>`` subprocesses or
 in-process through their library API (``run(controller, options)``) by the tests.
 
-Also here: polling with a deadline, and a slow fake function that records when each call
-started and finished.
+Also here: polling with a deadline, a slow fake function that records when each call
+started and finished, and the report of a run in which a connector was killed mid-stream.
 """
 
 from __future__ import annotations
@@ -28,8 +28,16 @@ from aioconnector.connectors._base import READY_MARKER
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Mapping,
+        Sequence,
+    )
 
+    import pytest
     from anyio.abc import Process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +224,48 @@ def message_ids(gateway: FakeGateway, connector: str | None = None) -> Counter[s
 def connector_env(gateway_url: str, name: str, **extra: str) -> dict[str, str]:
     """The environment of a connector subprocess that reports as ``name`` (X-Connector)."""
     return {"gateway_url": gateway_url, "connector_name": name, "retry_attempts": "1", **extra}
+
+
+@attrs.frozen(kw_only=True)
+class KillReport:
+    """What happened to the published messages when the connector ``first`` was SIGKILLed
+    mid-stream and ``second`` took over.
+
+    ``by_first`` and ``by_second`` count invocations (a message invoked twice counts twice), so
+    ``by_first + by_second == published - len(lost) + duplicates`` when every invoked id was
+    published.
+    """
+
+    published: int
+    by_first: int
+    by_second: int
+    duplicates: int  # invocations beyond the first of each id
+    lost: frozenset[str]  # published ids never invoked
+
+    def line(self, broker: str) -> str:
+        return (
+            f"{broker} SIGKILL mid-stream: published {self.published}, invoked by first"
+            f" {self.by_first}, by second {self.by_second}, duplicates {self.duplicates},"
+            f" lost {len(self.lost)}"
+        )
+
+
+def report_kill(
+    broker: str,
+    published: Collection[str],
+    gateway: FakeGateway,
+    capsys: pytest.CaptureFixture[str],
+) -> KillReport:
+    """Count, per published id, the invocations the gateway recorded from the connectors
+    ``first`` (killed) and ``second``; print :meth:`KillReport.line` (shown with -q too)."""
+    invoked = message_ids(gateway)
+    report = KillReport(
+        published=len(published),
+        by_first=message_ids(gateway, "first").total(),
+        by_second=message_ids(gateway, "second").total(),
+        duplicates=sum(count - 1 for count in invoked.values()),
+        lost=frozenset(set(published) - set(invoked)),
+    )
+    with capsys.disabled():
+        print(f"\n{report.line(broker)}")  # noqa: T201
+    return report

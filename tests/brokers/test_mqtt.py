@@ -21,7 +21,14 @@ from anyio.abc import TaskStatus
 from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
-from ._process import connector_env, connector_process, wait_until
+from ._process import (
+    SlowFunction,
+    connector_env,
+    connector_process,
+    message_ids,
+    report_kill,
+    wait_until,
+)
 from .conftest import require_module, require_service
 
 require_module("aiomqtt")  # the tests publish with it: without it, every test here skips
@@ -220,3 +227,43 @@ async def test_connect_command_consumes_and_stops_on_sigterm(
     )
     assert {r.headers["x-connector"] for r in gateway.invocations()} == {"cli"}
     assert "stopped: received 10 (ack 10," in process.output()
+
+
+async def test_no_message_is_lost_when_a_connector_is_killed(
+    gateway: FakeGateway, port: int, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --client-id (a persistent session, acks after settling): at least once. Without
+    it, messages are acked on receipt and what the killed one held is lost: not tested."""
+    topic, client_id = f"{prefix}/orders", f"aioconnector-{uuid.uuid4().hex[:12]}"
+    function = SlowFunction(latency=(0.02, 0.05))
+    gateway.add_function("orders", topics=[topic], handler=function)
+    sent = [(topic, f"order-{n}") for n in range(200)]
+    published = {mqtt.message_id(t, p.encode()) for t, p in sent}
+    args = ["--topics", topic, "--client-id", client_id]
+
+    try:
+        env = connector_env(gateway.url, "first", max_concurrency="8", mqtt_port=str(port))
+        # Leaving the block waits for the publisher too (past the kill, if publishing is slow).
+        async with (
+            anyio.create_task_group() as publishing,
+            connector_process("mqtt", args, env=env, log=tmp_path / "1.log") as first,
+        ):
+            await first.wait_ready()  # subscribed: the session keeps what is published from now
+            publishing.start_soon(publish, port, sent)  # consumed while being published
+            await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
+            first.kill()
+            assert await first.wait(timeout=5) < 0
+        in_flight_at_kill = function.in_flight()
+        env = connector_env(gateway.url, "second", max_concurrency="8", mqtt_port=str(port))
+        async with connector_process("mqtt", args, env=env, log=tmp_path / "2.log") as second:
+            await wait_until(lambda: len(message_ids(gateway)) >= len(sent), within=20)
+            second.terminate()  # drains: what it invoked is acked
+            assert await second.wait(timeout=15) == 0, second.output()
+    finally:
+        await end_session(port, client_id, "3.1.1")
+
+    report = report_kill("MQTT (--client-id)", published, gateway, capsys)
+    assert not report.lost, sorted(report.lost)  # every one at least once
+    assert set(message_ids(gateway)) == published  # and nothing else
+    assert 0 < report.by_first < report.published  # killed mid-stream
+    assert in_flight_at_kill <= set(message_ids(gateway, "second"))  # resent to the session

@@ -21,7 +21,14 @@ from anyio.abc import TaskStatus
 from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway
 
-from ._process import connector_env, connector_process, wait_until
+from ._process import (
+    SlowFunction,
+    connector_env,
+    connector_process,
+    message_ids,
+    report_kill,
+    wait_until,
+)
 from .conftest import require_module, require_service
 
 require_module("asyncpg")  # the tests notify with it: without it, every test here skips
@@ -199,3 +206,50 @@ async def test_connect_command_listens_and_stops_on_sigterm(
     [payment] = gateway.invocations("payments")
     assert (payment.body, payment.headers["x-message-id"]) == (b"p", "7")
     assert "stopped: received 2 (ack 2," in process.output()
+
+
+async def test_a_killed_connector_loses_what_it_held_and_invokes_nothing_twice(
+    gateway: FakeGateway,
+    dsn: str,
+    channels: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """At most once, as documented: NOTIFY has no acknowledgement, so what the killed one had
+    received but not invoked, and what was notified while none listened, is lost."""
+    orders, _ = channels
+    gateway.add_function(
+        "orders", topics=["orders.created"], handler=SlowFunction(latency=(0.02, 0.05))
+    )
+    sent = [(orders, envelope("orders.created", f"order-{n}", f"id-{n}")) for n in range(200)]
+    before_kill, after_kill = sent[:150], sent[150:]
+    env = connector_env(gateway.url, "first", max_concurrency="8", postgres_dsn=dsn)
+    args = ["--channels", orders]
+
+    # Leaving the block waits for the notifier too (past the kill, if notifying is slow).
+    async with (
+        anyio.create_task_group() as notifying,
+        connector_process("postgres", args, env=env, log=tmp_path / "1.log") as first,
+    ):
+        await first.wait_ready()  # listening
+        notifying.start_soon(notify, dsn, before_kill)  # invoked while being notified
+        await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
+        first.kill()
+        assert await first.wait(timeout=5) < 0
+    env = connector_env(gateway.url, "second", max_concurrency="8", postgres_dsn=dsn)
+    async with connector_process("postgres", args, env=env, log=tmp_path / "2.log") as second:
+        await second.wait_ready()
+        await notify(dsn, after_kill)
+        await wait_until(lambda: len(message_ids(gateway, "second")) >= len(after_kill))
+        second.terminate()
+        assert await second.wait(timeout=15) == 0, second.output()
+
+    published = [f"id-{n}" for n in range(200)]
+    report = report_kill("PostgreSQL LISTEN/NOTIFY", published, gateway, capsys)
+    assert report.duplicates == 0  # at most once
+    assert set(message_ids(gateway)) <= set(published)  # nothing else
+    assert 0 < report.by_first < len(before_kill)  # killed mid-stream
+    # The second gets every notification from its LISTEN on, none from before: what is lost is
+    # what the first held or was notified while none listened.
+    assert set(message_ids(gateway, "second")) == set(published[150:])
+    assert report.lost == set(published[:150]) - set(message_ids(gateway, "first"))

@@ -23,7 +23,14 @@ from anyio.abc import TaskStatus
 from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
-from ._process import connector_process, wait_until
+from ._process import (
+    SlowFunction,
+    connector_env,
+    connector_process,
+    message_ids,
+    report_kill,
+    wait_until,
+)
 from .conftest import require_module, require_service
 
 require_module("aio_pika")  # the tests publish with it: without it, every test here skips
@@ -264,6 +271,44 @@ async def test_graceful_stop_loses_nothing(
     else:
         assert acked_first == set()
         assert first.stats.unsettled >= 4
+
+
+async def test_no_message_is_lost_when_a_connector_is_killed(
+    gateway: FakeGateway, broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    function = SlowFunction(latency=(0.02, 0.05))
+    gateway.add_function("orders", topics=["orders.created"], handler=function)
+    sent = [("orders.created", f"m{n}") for n in range(200)]
+    queue = {
+        "rabbitmq_url": broker.url,
+        "rabbitmq_exchange": broker.exchange,
+        "rabbitmq_queue": broker.queue,
+    }
+
+    env = connector_env(gateway.url, "first", max_concurrency="8", **queue)
+    # Leaving the block waits for the publisher too (past the kill, if publishing is slow).
+    async with (
+        anyio.create_task_group() as publishing,
+        connector_process("rabbitmq", [], env=env, log=tmp_path / "1.log") as first,
+    ):
+        await first.wait_ready()  # it declares the queue: published from now on, kept
+        publishing.start_soon(publish, broker, sent)  # consumed while being published
+        await wait_until(lambda: len(gateway.invocations()) >= 60, within=15)
+        first.kill()
+        assert await first.wait(timeout=5) < 0
+    in_flight_at_kill = function.in_flight()
+    env = connector_env(gateway.url, "second", max_concurrency="8", **queue)
+    async with connector_process("rabbitmq", [], env=env, log=tmp_path / "2.log") as second:
+        await wait_until(lambda: len(message_ids(gateway)) >= len(sent), within=20)
+        second.terminate()  # drains: what it invoked is acked
+        assert await second.wait(timeout=15) == 0, second.output()
+
+    report = report_kill("RabbitMQ", [body for _, body in sent], gateway, capsys)
+    assert not report.lost, sorted(report.lost)  # every one at least once
+    assert set(message_ids(gateway)) == {body for _, body in sent}  # and nothing else
+    assert 0 < report.by_first < report.published  # killed mid-stream
+    assert in_flight_at_kill <= set(message_ids(gateway, "second"))  # requeued, redelivered
+    assert await depth(broker, broker.queue) == 0  # none left behind
 
 
 # Without asyncio's debug mode, whose bookkeeping would make the gateway here the bottleneck.
