@@ -340,3 +340,24 @@ def test_outcome_of_outside_settle_decides_without_the_message() -> None:
     assert outcome.kind is OutcomeKind.DEAD_LETTER  # the default policy
     assert outcome.reason is not None
     assert (outcome.reason.detail, outcome.reason.topic, outcome.reason.deliveries) == ("", None, 2)
+
+
+# -- the connectors' --unroutable --------------------------------------------------------------
+
+
+def test_each_connector_takes_the_unroutable_kinds_its_broker_can_do() -> None:
+    from aioconnector.connectors import mqtt, nats, postgres, rabbitmq, redis
+    from aioconnector.connectors._base import unroutable
+
+    assert [unroutable(choice) for choice in ("dead-letter", "drop", "retry")] == [
+        OutcomeKind.DEAD_LETTER,
+        OutcomeKind.DROP,
+        OutcomeKind.RETRY,
+    ]
+    for options in (nats.Options, redis.Options, rabbitmq.Options):
+        assert options(unroutable="retry").unroutable == "retry"
+    for final in (mqtt.Options, postgres.Options):  # no redelivery to retry with
+        with pytest.raises(ValueError, match="unroutable must be one of dead-letter, drop"):
+            final(unroutable="retry")
+    with pytest.raises(ValueError, match="nats_unroutable: expected one of"):
+        nats.CONNECTOR.settings({}, {"nats_unroutable": "later"})

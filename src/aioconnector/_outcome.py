@@ -22,13 +22,12 @@ from __future__ import annotations
 import contextvars
 import enum
 import math
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from ._results import InvocationResult
 
@@ -280,6 +279,9 @@ class Outcome:
     """Why it was not acknowledged; ``None`` for ACK."""
 
 
+_ACK: Final = Outcome(kind=OutcomeKind.ACK, settlement=Settlement.ACK)  # the usual one, made once
+
+
 def _delay(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
@@ -357,7 +359,7 @@ class OutcomePolicy:
         if not isinstance(settlement, Settlement):
             raise TypeError(f"settlement must be a Settlement, got {settlement!r}")
         if settlement is Settlement.ACK:
-            return Outcome(kind=OutcomeKind.ACK, settlement=settlement)
+            return _ACK
         count = 1 if deliveries is None else deliveries
         reason = OutcomeReason.of(
             settlement,
@@ -379,31 +381,27 @@ class OutcomePolicy:
 
 @attrs.define
 class Settling:
-    """What ``run_source`` knows of the message it is settling, for :func:`outcome_of`."""
+    """What ``run_source`` knows of the message it is settling: within ``with Settling(...)``
+    (its call of ``settle``), :func:`outcome_of` reads it, and notes the outcome it decided."""
 
     error: BaseException | None = None  # what made it INVALID
     topic: str | None = None
     message_id: str | None = None
     outcome: Outcome | None = None  # what outcome_of decided, counted in SourceStats
+    _token: contextvars.Token[Settling | None] | None = attrs.field(default=None, repr=False)
+
+    def __enter__(self) -> Settling:
+        self._token = _SETTLING.set(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _SETTLING.reset(self._token)
 
 
 _SETTLING: contextvars.ContextVar[Settling | None] = contextvars.ContextVar(
     "aioconnector_settling", default=None
 )
-
-
-@contextmanager
-def settling(
-    *, error: BaseException | None, topic: str | None, message_id: str | None
-) -> Iterator[Settling]:
-    """Within the block (``run_source``'s call of ``settle``), :func:`outcome_of` knows this
-    message's topic, id and the error that made it INVALID."""
-    current = Settling(error=error, topic=topic, message_id=message_id)
-    token = _SETTLING.set(current)
-    try:
-        yield current
-    finally:
-        _SETTLING.reset(token)
 
 
 _DEFAULT_POLICY: Final = OutcomePolicy()

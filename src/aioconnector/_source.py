@@ -19,7 +19,7 @@ import anyio
 import attrs
 
 from ._errors import DiscoveryError, only_exception
-from ._outcome import OutcomeKind, Settlement, settlement_of, settling
+from ._outcome import OutcomeKind, Settlement, Settling, settlement_of
 from ._stats import Counts
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -264,7 +264,7 @@ async def _handle(
         # The invocations are over: do not let a stop cut the ack (or nak) in half.
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + _SETTLE_GRACE
-            with settling(
+            with Settling(
                 error=invalid,
                 topic=None if message is None else message.topic,
                 message_id=None if message is None else message.message_id,

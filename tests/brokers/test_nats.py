@@ -478,6 +478,7 @@ async def test_async_connect_subprocess_acks_after_the_callbacks(
     assert all(call.is_async for call in gateway.invocations())
     assert len(gateway.invocations()) == 20
     assert "stopped: received 10 (ack 10, retry 0," in process.output()
+    assert "; outcomes: ack 10, retry 0, dead_letter 0, drop 0" in process.output()
 
 
 # -- dead letters and leases -------------------------------------------------------------------
