@@ -25,17 +25,23 @@ from ._errors import UpstreamConnectionError as UpstreamConnectionError
 from ._errors import UpstreamStatusError as UpstreamStatusError
 from ._errors import UpstreamTimeoutError as UpstreamTimeoutError
 from ._health import serve_health as serve_health
+from ._outcome import InvocationFailure as InvocationFailure
+from ._outcome import Outcome as Outcome
+from ._outcome import OutcomeKind as OutcomeKind
+from ._outcome import OutcomePolicy as OutcomePolicy
+from ._outcome import OutcomeReason as OutcomeReason
+from ._outcome import Settlement as Settlement
+from ._outcome import outcome_of as outcome_of
+from ._outcome import settlement_of as settlement_of
 from ._policy import AdaptiveConcurrency as AdaptiveConcurrency
 from ._policy import FunctionPolicy as FunctionPolicy
 from ._policy import RetryBudget as RetryBudget
 from ._results import InvocationResult as InvocationResult
 from ._results import ResultStream as ResultStream
 from ._retry import RetryPolicy as RetryPolicy
-from ._source import Settlement as Settlement
 from ._source import SourceMessage as SourceMessage
 from ._source import SourceStats as SourceStats
 from ._source import run_source as run_source
-from ._source import settlement_of as settlement_of
 from ._stats import FunctionState as FunctionState
 from ._version import __version__ as __version__
 
@@ -56,9 +62,14 @@ __all__ = [
     "GatewayUnavailableError",
     "InvocationCancelledError",
     "InvocationError",
+    "InvocationFailure",
     "InvocationResult",
     "MissingExtraError",
     "NotAGatewayError",
+    "Outcome",
+    "OutcomeKind",
+    "OutcomePolicy",
+    "OutcomeReason",
     "PendingInvocation",
     "ResponseTooLargeError",
     "ResultStream",
@@ -71,6 +82,7 @@ __all__ = [
     "UpstreamStatusError",
     "UpstreamTimeoutError",
     "__version__",
+    "outcome_of",
     "run_source",
     "serve_health",
     "settlement_of",

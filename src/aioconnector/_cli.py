@@ -621,7 +621,14 @@ def _connect(connector: Connector[Any], args: argparse.Namespace) -> int:
         _err(f"error: {type(leaf).__name__}: {leaf}")
         return 1
     settled = ", ".join(f"{kind.value} {count}" for kind, count in stats.settled.items())
-    _log.info("stopped: received %d (%s), unsettled %d", stats.received, settled, stats.unsettled)
+    outcomes = ", ".join(f"{kind.value} {count}" for kind, count in stats.outcomes.items())
+    _log.info(
+        "stopped: received %d (%s), unsettled %d; outcomes: %s",
+        stats.received,
+        settled,
+        stats.unsettled,
+        outcomes,
+    )
     return 0
 
 

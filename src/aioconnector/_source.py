@@ -8,7 +8,6 @@ fetches nothing more, and one verdict per message.
 
 from __future__ import annotations
 
-import enum
 import logging
 import signal
 import sys
@@ -20,6 +19,7 @@ import anyio
 import attrs
 
 from ._errors import DiscoveryError, only_exception
+from ._outcome import OutcomeKind, Settlement, Settling, settlement_of
 from ._stats import Counts
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     _Invoke = Callable[..., Awaitable[Sequence[InvocationResult]]]
 
 __all__ = ["Settlement", "SourceMessage", "SourceStats", "run_source", "settlement_of"]
+# Settlement and settlement_of live with the outcome model (_outcome.py); imported from here too.
 
 logger = logging.getLogger("aioconnector")
 T = TypeVar("T")
@@ -64,27 +65,6 @@ class SourceMessage:
     this is ``None``, a ``traceparent`` in ``headers`` or in a CloudEvent body."""
 
 
-class Settlement(enum.Enum):
-    """What to do with a message at its source, decided from its results."""
-
-    ACK = "ack"
-    """Every matched function answered 2xx: acknowledge."""
-    RETRY = "retry"
-    """At least one invocation failed: negative-acknowledge so the broker redelivers."""
-    UNMATCHED = "unmatched"
-    """No function subscribes to the topic (even after refreshing a topic map older than a few
-    seconds): terminate, dead-letter or drop, as you choose."""
-    INVALID = "invalid"
-    """The message could not be converted or invoked (e.g. a topic with control characters)."""
-
-
-def settlement_of(results: Sequence[InvocationResult]) -> Settlement:
-    """ACK when all results are ok, UNMATCHED when there are none, RETRY otherwise."""
-    if not results:
-        return Settlement.UNMATCHED
-    return Settlement.ACK if all(r.ok for r in results) else Settlement.RETRY
-
-
 @attrs.frozen(kw_only=True)
 class SourceStats:
     """How many messages `run_source` took from the source and how each was settled."""
@@ -93,12 +73,16 @@ class SourceStats:
     settled: Mapping[Settlement, int]
     unsettled: int
     """Messages taken from the source but not settled when it stopped (left to redelivery)."""
+    outcomes: Mapping[OutcomeKind, int] = attrs.field(factory=lambda: dict.fromkeys(OutcomeKind, 0))
+    """How many settled messages got each outcome, as :func:`outcome_of` decided it within
+    ``settle`` (a ``settle`` that does not call it counts in none)."""
 
 
 @attrs.define
 class _Counter(Generic[T]):
     received: int = 0
     settled: dict[Settlement, int] = attrs.Factory(lambda: dict.fromkeys(Settlement, 0))
+    outcomes: dict[OutcomeKind, int] = attrs.Factory(lambda: dict.fromkeys(OutcomeKind, 0))
     # Taken from the source, not yet settled, by the number of their taking (not by id(): a
     # source may yield one object twice, e.g. the same string, while the first is in flight).
     pending: dict[int, T] = attrs.Factory(dict)
@@ -135,6 +119,11 @@ async def run_source(
     input) that are ``ValueError``/``TypeError`` settle the message as INVALID; any other
     exception, and any from ``settle``, ends the run and propagates. With ``tg.start(...)`` it
     reports ready once it listens for ``stop_signals`` and its workers wait for messages.
+
+    Within ``settle``, :func:`outcome_of` turns the settlement into an :class:`Outcome` (ack,
+    retry with a delay, dead-letter with a reason, drop) by an :class:`OutcomePolicy`, from the
+    broker's delivery count; its reason then carries the message's topic, its id and, for
+    INVALID, the error caught above. The packaged connectors all settle that way.
 
     ``invoke_async=True`` invokes with :meth:`AsyncController.invoke_async` (for functions that
     run for minutes): a message is settled once the callbacks of all its functions arrived,
@@ -212,7 +201,12 @@ async def run_source(
         logger.warning("%d message(s) left unsettled at stop", unsettled)
         if release is not None:
             await _release_all(release, list(counter.pending.values()))
-    return SourceStats(received=counter.received, settled=counter.settled, unsettled=unsettled)
+    return SourceStats(
+        received=counter.received,
+        settled=counter.settled,
+        unsettled=unsettled,
+        outcomes=counter.outcomes,
+    )
 
 
 async def _feed(
@@ -247,6 +241,8 @@ async def _handle(
     results: Sequence[InvocationResult] = ()
     verdict = Settlement.INVALID
     consuming = None  # tracing: the message's span, current until it is settled
+    message: SourceMessage | None = None
+    invalid: BaseException | None = None  # why it is INVALID, for outcome_of's reason
     try:
         try:
             message = convert(item)
@@ -264,11 +260,19 @@ async def _handle(
         except (ValueError, TypeError) as exc:
             logger.warning("invalid message from the source: %s", exc)
             verdict = Settlement.INVALID
+            invalid = exc
         # The invocations are over: do not let a stop cut the ack (or nak) in half.
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + _SETTLE_GRACE
-            await settle(item, verdict, results)
+            with Settling(
+                error=invalid,
+                topic=None if message is None else message.topic,
+                message_id=None if message is None else message.message_id,
+            ) as settled:
+                await settle(item, verdict, results)
             counter.settled[verdict] += 1
+            if settled.outcome is not None:
+                counter.outcomes[settled.outcome.kind] += 1
             del counter.pending[ticket]
             totals = counter.totals
             totals.source_in_flight -= 1

@@ -18,7 +18,14 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import (
+    AsyncController,
+    ControllerConfig,
+    OutcomeKind,
+    RetryPolicy,
+    Settlement,
+    SourceStats,
+)
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 from ._process import (
@@ -63,12 +70,17 @@ async def running(
     *,
     client_id: str = "",
     protocol: str = "3.1.1",
+    dead_letter_topic: str = "",
     **settings: Any,
 ) -> AsyncIterator[Run]:
     """Run the connector until the block ends; its stats are set once it has returned."""
     run = Run(anyio.Event())
     options = mqtt.Options(
-        port=port, topics=tuple(topics.split(",")), client_id=client_id, protocol=protocol
+        port=port,
+        topics=tuple(topics.split(",")),
+        client_id=client_id,
+        protocol=protocol,
+        dead_letter_topic=dead_letter_topic,
     )
     config = ControllerConfig.from_env(
         {"gateway_url": gateway.url, "startup_timeout": "5s"},
@@ -267,3 +279,70 @@ async def test_no_message_is_lost_when_a_connector_is_killed(
     assert set(message_ids(gateway)) == published  # and nothing else
     assert 0 < report.by_first < report.published  # killed mid-stream
     assert in_flight_at_kill <= set(message_ids(gateway, "second"))  # resent to the session
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_dead_letters_go_to_the_dead_letter_topic(
+    gateway: FakeGateway, port: int, prefix: str, protocol: str
+) -> None:
+    """No redelivery in MQTT: a failure, an unmatched and an invalid message (a non-ASCII
+    topic) are dead-lettered at once; under MQTT 5 with their reason as user properties."""
+    failing, nobody, invalid = f"{prefix}/orders", f"{prefix}/nobody", f"{prefix}/caf\u00e9"
+    gateway.add_function("orders", topics=[failing])
+    gateway.set_fault("orders", status=500)
+    dead_topic = f"{prefix}-dead"
+    letters: list[aiomqtt.Message] = []
+
+    async def collect(client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            letters.append(message)  # noqa: PERF401  (as each comes: the test polls it)
+
+    async with (
+        aiomqtt.Client("127.0.0.1", port, protocol=PROTOCOLS[protocol]) as watcher,
+        anyio.create_task_group() as tg,
+    ):
+        await watcher.subscribe(dead_topic, qos=1)
+        tg.start_soon(collect, watcher)
+        async with running(
+            gateway, port, f"{prefix}/#", protocol=protocol, dead_letter_topic=dead_topic
+        ) as run:
+            await publish(port, [(failing, "boom"), (nobody, "nobody"), (invalid, "bad")], protocol)
+            await wait_until(lambda: len(letters) == 3)
+        tg.cancel_scope.cancel()
+
+    assert sorted(letter.payload for letter in letters) == [b"bad", b"boom", b"nobody"]
+    assert {letter.topic.value for letter in letters} == {dead_topic}
+    assert len(gateway.invocations()) == 1  # once: never redelivered
+    assert run.stats is not None
+    assert run.stats.outcomes[OutcomeKind.DEAD_LETTER] == 3
+    if protocol == "3.1.1":  # no headers to carry the reason
+        assert all(letter.properties is None for letter in letters)
+        return
+    reasons = {
+        letter.payload: dict(letter.properties.UserProperty)  # type: ignore[union-attr]
+        for letter in letters
+    }
+    assert reasons[b"boom"] == {
+        "dead_cause": "failed",
+        "dead_reason": "orders.openfaas-fn: HTTP 500",
+        "dead_topic": failing,
+        "dead_message_id": mqtt.message_id(failing, b"boom"),
+        "dead_function": "orders.openfaas-fn",
+        "dead_status": "500",
+        "dead_error": "UpstreamStatusError",
+        "dead_attempts": "1",
+        "dead_failed": "1",
+    }
+    assert reasons[b"nobody"]["dead_cause"] == "unmatched"
+    assert reasons[b"bad"]["dead_cause"] == "invalid"
+    assert reasons[b"bad"]["dead_reason"].startswith("invalid message: topic must be ASCII")
+
+
+async def test_a_dead_letter_topic_the_connector_consumes_is_refused(
+    gateway: FakeGateway, port: int, prefix: str
+) -> None:
+    options = mqtt.Options(port=port, topics=(f"{prefix}/#",), dead_letter_topic=f"{prefix}/dead")
+    config = ControllerConfig.from_env({"gateway_url": gateway.url, "startup_timeout": "5s"})
+    async with AsyncController(config) as controller:
+        with pytest.raises(ValueError, match="would come back to this connector"):
+            await mqtt.run(controller, options)

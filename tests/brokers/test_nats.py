@@ -7,6 +7,7 @@ as a subprocess, kill it or SIGTERM it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -19,7 +20,7 @@ import anyio
 import attrs
 import pytest
 
-from aioconnector import AsyncController, ControllerConfig, Settlement, SourceStats
+from aioconnector import AsyncController, ControllerConfig, OutcomeKind, Settlement, SourceStats
 from aioconnector.connectors import nats as connector
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
@@ -480,3 +481,143 @@ async def test_async_connect_subprocess_acks_after_the_callbacks(
     assert all(call.is_async for call in gateway.invocations())
     assert len(gateway.invocations()) == 20
     assert "stopped: received 10 (ack 10, retry 0," in process.output()
+    assert "; outcomes: ack 10, retry 0, dead_letter 0, drop 0" in process.output()
+
+
+# -- dead letters and leases -------------------------------------------------------------------
+
+
+async def test_dead_letters_carry_their_reason_in_headers(broker: Broker) -> None:
+    """A failing message after max_deliver, an unmatched one and an invalid one (a non-ASCII
+    topic) are published to the dead-letter subject with their reason, then terminated."""
+    from nats.js.errors import NotFoundError
+
+    gateway = FakeGateway()
+    gateway.add_function("poison", topics=["poison"])
+    gateway.set_fault("poison", status=500)  # always
+    poison = await broker.publish("poison", b"boom", msg_id="poison-1")
+    unmatched = await broker.publish("nobody", b"no function subscribes")
+    invalid = await broker.publish("caf\u00e9", b"a topic that cannot be a header")
+    dead_subject, dead_stream = f"dead.{broker.tag}", f"{broker.stream}_DEAD"
+    options = broker.options(max_deliver=3, nak_delay=0.05, dead_letter_subject=dead_subject)
+
+    async def all_dead() -> bool:
+        try:
+            return (await broker.js.stream_info(dead_stream)).state.messages >= 3
+        except NotFoundError:  # not created yet
+            return False
+
+    try:
+        async with gateway.serve() as url, running(config(url), options) as stats:
+            await wait_until(lambda: len(gateway.invocations()) >= 3, within=15)
+            await wait_until(all_dead, within=10)
+            await wait_until(broker.settled, within=10)
+        letters = [await broker.js.get_msg(dead_stream, seq) for seq in (1, 2, 3)]
+    finally:
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(NotFoundError):
+                await broker.js.delete_stream(dead_stream)
+
+    assert message_ids(gateway) == {poison: 3}
+    headers = {h["dead_message_id"]: h for h in (letter.headers or {} for letter in letters)}
+    assert set(headers) == {poison, unmatched, invalid}
+    assert {letter.data for letter in letters} == {
+        b"boom",
+        b"no function subscribes",
+        b"a topic that cannot be a header",
+    }
+    assert {letter.subject for letter in letters} == {dead_subject}
+    assert {k: v for k, v in headers[poison].items() if k.startswith("dead_")} == {
+        "dead_cause": "failed",
+        "dead_reason": "poison.openfaas-fn: HTTP 500",
+        "dead_topic": "poison",
+        "dead_message_id": poison,
+        "dead_deliveries": "3",
+        "dead_function": "poison.openfaas-fn",
+        "dead_status": "500",
+        "dead_error": "UpstreamStatusError",
+        "dead_attempts": "1",
+        "dead_failed": "1",
+        "dead_from": f"{broker.stream}/1",
+        "dead_subject": f"{broker.prefix}poison",
+    }
+    assert headers[unmatched]["dead_cause"] == "unmatched"
+    assert headers[unmatched]["dead_deliveries"] == "1"  # at once
+    assert headers[invalid]["dead_cause"] == "invalid"
+    assert headers[invalid]["dead_error"] == "ValueError"
+    assert headers[invalid]["dead_reason"] == (
+        "invalid message: topic must be ASCII (it is sent as the X-Topic header): 'caf\\xe9'"
+    )
+    assert stats[0].settled[Settlement.RETRY] == 3
+    assert stats[0].outcomes[OutcomeKind.RETRY] == 2
+    assert stats[0].outcomes[OutcomeKind.DEAD_LETTER] == 3
+
+
+async def test_a_dead_letter_subject_the_connector_consumes_is_refused(broker: Broker) -> None:
+    gateway = FakeGateway()
+    options = broker.options(dead_letter_subject=f"{broker.prefix}dead")
+    async with gateway.serve() as url, AsyncController(config(url)) as controller:
+        with pytest.raises(ValueError, match="would come back to it"):
+            await connector.run(controller, options)
+
+
+async def test_unroutable_drop_terminates_without_a_dead_letter(broker: Broker) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    advisories = await broker.client.subscribe(
+        f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{broker.stream}.{broker.durable}"
+    )
+    unmatched = await broker.publish("nobody", b"dropped")
+    options = broker.options(unroutable="drop", dead_letter_subject=f"dead.{broker.tag}")
+    try:
+        async with gateway.serve() as url, running(config(url), options) as stats:
+            terminated: Msg = await advisories.next_msg(timeout=15)
+            await wait_until(broker.settled, within=10)
+        await advisories.unsubscribe()
+        dead = await broker.js.stream_info(f"{broker.stream}_DEAD")  # created, left empty
+    finally:
+        with anyio.CancelScope(shield=True):
+            await broker.js.delete_stream(f"{broker.stream}_DEAD")
+    assert json.loads(terminated.data)["stream_seq"] == int(unmatched)
+    assert dead.state.messages == 0
+    assert stats[0].outcomes[OutcomeKind.DROP] == 1
+
+
+async def test_a_function_slower_than_ack_wait_is_invoked_once(broker: Broker) -> None:
+    """ack_wait 1 s, a function that takes 3 s and free workers fetching: unmarked, the message
+    would be redelivered (and invoked again) every second; marked in progress, it is not."""
+    gateway = FakeGateway()
+    gateway.add_function("reports", topics=["reports"])
+    gateway.set_fault("reports", latency=3.0)
+    msg_id = await broker.publish("reports", b"a long report")
+    options = broker.options(ack_wait=1.0)
+
+    async with gateway.serve() as url:
+        async with running(config(url), options) as stats:
+            await wait_until(lambda: len(gateway.invocations()) >= 1, within=15)
+            await wait_until(broker.settled, within=10)
+        info = await broker.js.consumer_info(broker.stream, broker.durable)
+
+    assert message_ids(gateway) == {msg_id: 1}
+    assert info.num_redelivered == 0
+    assert stats[0].settled[Settlement.ACK] == 1
+
+
+async def test_a_message_waiting_in_a_fetched_batch_keeps_its_lease(broker: Broker) -> None:
+    """One worker, a batch of two, calls of 2.5 s and ack_wait 1 s: the second message waits
+    in the batch longer than ack_wait before its call starts; it is not redelivered either."""
+    gateway = FakeGateway()
+    gateway.add_function("reports", topics=["reports"])
+    gateway.set_fault("reports", latency=2.5)
+    ids = {await broker.publish("reports", b"%d" % n) for n in range(2)}
+    options = broker.options(ack_wait=1.0, batch=2)
+
+    async with gateway.serve() as url:
+        async with running(attrs.evolve(config(url), max_concurrency=1), options) as stats:
+            await wait_until(lambda: len(gateway.invocations()) >= 2, within=15)
+            await wait_until(broker.settled, within=10)
+        info = await broker.js.consumer_info(broker.stream, broker.durable)
+
+    assert message_ids(gateway) == dict.fromkeys(ids, 1)
+    assert info.num_redelivered == 0
+    assert stats[0].settled[Settlement.ACK] == 2

@@ -18,7 +18,14 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import (
+    AsyncController,
+    ControllerConfig,
+    OutcomeKind,
+    RetryPolicy,
+    Settlement,
+    SourceStats,
+)
 from aioconnector.testing import FakeGateway
 
 from ._process import (
@@ -58,10 +65,12 @@ class Run:
 
 
 @asynccontextmanager
-async def running(gateway: FakeGateway, dsn: str, channels: tuple[str, ...]) -> AsyncIterator[Run]:
+async def running(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, ...], *, dead_letter_table: str = ""
+) -> AsyncIterator[Run]:
     """Run the connector until the block ends; its stats are set once it has returned."""
     run = Run(anyio.Event())
-    options = postgres.Options(dsn=dsn, channels=channels)
+    options = postgres.Options(dsn=dsn, channels=channels, dead_letter_table=dead_letter_table)
     config = ControllerConfig.from_env(
         {"gateway_url": gateway.url, "startup_timeout": "5s"}, retry=RetryPolicy.disabled()
     )
@@ -253,3 +262,85 @@ async def test_a_killed_connector_loses_what_it_held_and_invokes_nothing_twice(
     # what the first held or was notified while none listened.
     assert set(message_ids(gateway, "second")) == set(published[150:])
     assert report.lost == set(published[:150]) - set(message_ids(gateway, "first"))
+
+
+async def test_dead_letters_are_rows_of_the_dead_letter_table(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    """No redelivery in LISTEN/NOTIFY: a failure, an unmatched and an invalid notification
+    become rows of --dead-letter-table (created) at once, with their reason."""
+    orders, _ = channels
+    table = f"dead_{orders}"
+    gateway.add_function("orders", topics=["orders.created"])
+    gateway.set_fault("orders", status=500)
+    sent = [
+        (orders, envelope("orders.created", "boom", "o1")),
+        (orders, envelope("nobody", "x", "n1")),
+        (orders, "{not json"),
+    ]
+    try:
+        async with running(gateway, dsn, (orders,), dead_letter_table=table) as run:
+            await notify(dsn, sent)
+            await wait_until(lambda: run_rows(dsn, table, 3), within=10)
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = await connection.fetch(f'SELECT * FROM "{table}" ORDER BY id')  # noqa: S608
+        finally:
+            await connection.close()
+    finally:
+        await drop_table(dsn, table)
+
+    assert sorted((row["channel"], row["payload"]) for row in rows) == sorted(sent)
+    by_cause = {row["cause"]: row for row in rows}  # settled concurrently: in any order
+    assert by_cause["failed"]["payload"] == sent[0][1]
+    assert by_cause["failed"]["reason"] == "orders.openfaas-fn: HTTP 500"
+    failed, unmatched, invalid = (
+        json.loads(by_cause[cause]["fields"]) for cause in ("failed", "unmatched", "invalid")
+    )
+    assert failed == {
+        "dead_cause": "failed",
+        "dead_reason": "orders.openfaas-fn: HTTP 500",
+        "dead_topic": "orders.created",
+        "dead_message_id": "o1",
+        "dead_function": "orders.openfaas-fn",
+        "dead_status": "500",
+        "dead_error": "UpstreamStatusError",
+        "dead_attempts": "1",
+        "dead_failed": "1",
+    }
+    assert (unmatched["dead_cause"], unmatched["dead_topic"]) == ("unmatched", "nobody")
+    assert invalid["dead_error"] == "JSONDecodeError"
+    assert invalid["dead_reason"].startswith("invalid message: Expecting property name")
+    assert run.stats is not None
+    assert run.stats.outcomes[OutcomeKind.DEAD_LETTER] == 3
+
+
+async def run_rows(dsn: str, table: str, count: int) -> bool:
+    """Whether ``table`` exists and holds ``count`` rows or more."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        found = await connection.fetchval("SELECT to_regclass($1)", f'"{table}"')
+        if found is None:
+            return False
+        return bool(await connection.fetchval(f'SELECT count(*) FROM "{table}"') >= count)  # noqa: S608
+    finally:
+        await connection.close()
+
+
+async def drop_table(dsn: str, table: str) -> None:
+    with anyio.CancelScope(shield=True):
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute(f'DROP TABLE IF EXISTS "{table}"')
+        finally:
+            await connection.close()
+
+
+async def test_a_bad_dead_letter_table_name_is_refused(
+    gateway: FakeGateway, dsn: str, channels: tuple[str, str]
+) -> None:
+    options = postgres.Options(dsn=dsn, channels=channels, dead_letter_table='x"; DROP TABLE y')
+    config = ControllerConfig.from_env({"gateway_url": gateway.url, "startup_timeout": "5s"})
+    async with AsyncController(config) as controller:
+        with pytest.raises(ValueError, match=r"dead_letter_table must be \[schema.\]name"):
+            await postgres.run(controller, options)

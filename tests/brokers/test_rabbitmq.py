@@ -20,7 +20,14 @@ import attrs
 import pytest
 from anyio.abc import TaskStatus
 
-from aioconnector import AsyncController, ControllerConfig, RetryPolicy, Settlement, SourceStats
+from aioconnector import (
+    AsyncController,
+    ControllerConfig,
+    OutcomeKind,
+    RetryPolicy,
+    Settlement,
+    SourceStats,
+)
 from aioconnector.testing import FakeGateway, FakeResponse, RecordedRequest
 
 from ._process import (
@@ -87,6 +94,7 @@ async def running(
     *,
     bindings: str = "#",
     max_redeliveries: int = 5,
+    unroutable: str = "dead-letter",
     **settings: Any,
 ) -> AsyncIterator[Run]:
     """Run the connector until the block ends; its stats are set once it has returned."""
@@ -97,6 +105,7 @@ async def running(
         queue=broker.queue,
         bindings=tuple(bindings.split(",")),
         max_redeliveries=max_redeliveries,
+        unroutable=unroutable,
     )
 
     async def target(*, task_status: TaskStatus[None]) -> None:
@@ -178,6 +187,8 @@ async def test_failure_is_redelivered_until_acked(gateway: FakeGateway, broker: 
 async def test_poison_message_is_dead_lettered_after_redeliveries(
     gateway: FakeGateway, broker: Broker
 ) -> None:
+    """The connector dead-letters it itself on its last delivery, with the reason in headers
+    (the queue's own delivery limit, one further, is never reached)."""
     gateway.add_function("orders", topics=["orders.created"])
     gateway.set_fault("orders", status=500)  # every time
     async with running(gateway, broker, max_redeliveries=2) as run:
@@ -188,13 +199,28 @@ async def test_poison_message_is_dead_lettered_after_redeliveries(
     assert ids(gateway.invocations("orders")) == ["poison"] * 3  # 1 delivery + 2 redeliveries
     assert run.stats is not None
     assert run.stats.settled[Settlement.RETRY] == 3
+    assert run.stats.outcomes[OutcomeKind.RETRY] == 2
+    assert run.stats.outcomes[OutcomeKind.DEAD_LETTER] == 1
     async with await aio_pika.connect(broker.url) as connection:
         channel = await connection.channel()
         dead = await (await channel.get_queue(broker.dead_queue)).get(timeout=5)
         await dead.ack()
     assert dead.body == b"poison"
     assert dead.routing_key == "orders.created"
-    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert dead.message_id == "poison"
+    assert {k: v for k, v in dead.headers.items() if k.startswith("dead_")} == {
+        "dead_cause": "failed",
+        "dead_reason": "orders.openfaas-fn: HTTP 500",
+        "dead_topic": "orders.created",
+        "dead_message_id": "poison",
+        "dead_deliveries": "3",
+        "dead_function": "orders.openfaas-fn",
+        "dead_status": "500",
+        "dead_error": "UpstreamStatusError",
+        "dead_attempts": "1",
+        "dead_failed": "1",
+    }
+    assert "x-first-death-reason" not in dead.headers  # not the broker's dead-lettering
     assert await depth(broker, broker.queue) == 0
 
 
@@ -212,13 +238,35 @@ async def test_unmatched_and_invalid_are_dead_lettered_at_once(
     assert run.stats is not None
     assert run.stats.settled[Settlement.UNMATCHED] == 1
     assert run.stats.settled[Settlement.INVALID] == 1
+    headers = {}
     async with await aio_pika.connect(broker.url) as connection:
         channel = await connection.channel()
         queue = await channel.get_queue(broker.dead_queue)
         for _ in range(2):
             dead = await queue.get(timeout=5)
             await dead.ack()
-            assert dead.headers["x-first-death-reason"] == "rejected"  # not delivery_limit
+            headers[dead.body.decode()] = dead.headers
+    assert headers["unmatched"]["dead_cause"] == "unmatched"
+    assert headers["unmatched"]["dead_topic"] == "nobody.listens"
+    assert headers["unmatched"]["dead_deliveries"] == "1"
+    assert headers["invalid"]["dead_cause"] == "invalid"
+    assert headers["invalid"]["dead_error"] == "ValueError"
+    assert headers["invalid"]["dead_reason"] == (
+        "invalid message: topic must not contain control characters (CR, LF, ...): 'bad\\x01key'"
+    )
+
+
+async def test_unroutable_drop_acks_without_a_dead_letter(
+    gateway: FakeGateway, broker: Broker
+) -> None:
+    gateway.add_function("orders", topics=["orders.created"])
+    async with running(gateway, broker, unroutable="drop") as run:
+        await publish(broker, [("nobody.listens", "dropped"), ("orders.created", "after")])
+        await wait_until(lambda: len(gateway.invocations()) == 1)
+    assert run.stats is not None  # the stop settled what was in flight
+    assert run.stats.outcomes[OutcomeKind.DROP] == 1
+    assert await depth(broker, broker.queue) == 0
+    assert await depth(broker, broker.dead_queue) == 0
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import anyio
 import attrs
 import pytest
 
-from aioconnector import ControllerConfig, Settlement, SourceStats
+from aioconnector import ControllerConfig, OutcomeKind, Settlement, SourceStats
 from aioconnector.connectors import redis as connector
 from aioconnector.testing import FakeGateway
 
@@ -184,7 +184,16 @@ async def test_every_entry_invokes_its_functions_and_is_acked(broker: Broker) ->
     assert set(dead) == {unmatched, invalid}
     assert dead[unmatched][b"body"] == b"nobody listens"
     assert dead[unmatched][b"dead_reason"] == b"no function subscribes to its topic"
-    assert dead[invalid][b"dead_reason"].startswith(b"invalid message")
+    assert dead[unmatched][b"dead_cause"] == b"unmatched"
+    assert dead[unmatched][b"dead_topic"] == b"nobody"
+    assert dead[unmatched][b"dead_deliveries"] == b"1"
+    # An invalid entry's dead letter carries the error run_source caught.
+    entry_id = invalid.rpartition("/")[2]
+    assert dead[invalid][b"dead_cause"] == b"invalid"
+    assert dead[invalid][b"dead_error"] == b"ValueError"
+    assert dead[invalid][b"dead_reason"] == (
+        f"invalid message: entry {broker.stream()}/{entry_id} has no 'body' field".encode()
+    )
     assert stats[0].settled[Settlement.ACK] == 50
     assert stats[0].settled[Settlement.UNMATCHED] == 1
     assert stats[0].settled[Settlement.INVALID] == 1
@@ -253,13 +262,44 @@ async def test_entries_past_max_deliveries_go_to_the_dead_letter_stream(broker: 
     assert message_ids(gateway) == {poison: 3, good: 1}  # the crashed entry was not invoked
     dead = {d[b"dead_from"].decode(): d for d in await broker.dead_letters()}
     assert set(dead) == {crashed, poison}
-    assert dead[poison][b"dead_deliveries"] == b"3"
-    assert dead[poison][b"dead_reason"] == b"poison.openfaas-fn: HTTP 500"
     assert dead[poison][b"body"] == b"boom"
     assert dead[poison][b"topic"] == b"poison"
+    reason = {k: v for k, v in dead[poison].items() if k.startswith(b"dead_")}
+    assert reason == {
+        b"dead_cause": b"failed",
+        b"dead_reason": b"poison.openfaas-fn: HTTP 500",
+        b"dead_topic": b"poison",
+        b"dead_message_id": poison.encode(),
+        b"dead_deliveries": b"3",
+        b"dead_function": b"poison.openfaas-fn",
+        b"dead_status": b"500",
+        b"dead_error": b"UpstreamStatusError",
+        b"dead_attempts": b"1",
+        b"dead_failed": b"1",
+        b"dead_from": poison.encode(),
+    }
     assert dead[crashed][b"dead_deliveries"] == b"4"
+    assert dead[crashed][b"dead_cause"] == b"abandoned"
+    assert dead[crashed][b"dead_reason"] == b"no connector finished it"
     assert stats[0].settled[Settlement.RETRY] == 3
     assert stats[0].settled[Settlement.ACK] == 1
+    assert stats[0].outcomes[OutcomeKind.RETRY] == 2
+    assert stats[0].outcomes[OutcomeKind.DEAD_LETTER] == 1  # the crashed one is not settled
+
+
+async def test_unroutable_drop_acks_without_a_dead_letter(broker: Broker) -> None:
+    gateway = FakeGateway()
+    gateway.add_function("orders", topics=["orders"])
+    await broker.add(b"nobody listens", topic="nobody")
+    await broker.add(None, topic="orders")  # invalid: no body field
+    options = broker.options(unroutable="drop")
+
+    async with gateway.serve() as url, running(config(url), options) as stats:
+        await wait_until(broker.settled, within=10)
+
+    assert await broker.dead_letters() == []
+    assert stats[0].outcomes[OutcomeKind.DROP] == 2
+    assert gateway.invocations() == []
 
 
 # -- subprocesses ----------------------------------------------------------------------------

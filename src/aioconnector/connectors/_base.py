@@ -14,26 +14,28 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 import attrs
 
 from .._errors import MissingExtraError
-from .._source import Settlement
+from .._outcome import OutcomeKind
 from ._settings import controller_config, health_port, log_level, options_from
 
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping
 
     from .._config import ControllerConfig
-    from .._results import InvocationResult
+    from .._outcome import Outcome
     from .._source import SourceStats
 
 __all__ = [
     "READY_MARKER",
     "SHUTDOWN_SIGNALS",
     "TRACE_FIELDS",
+    "UNROUTABLE",
     "Connector",
     "Settings",
     "announce_ready",
-    "describe",
+    "log_outcome",
     "trace_context",
+    "unroutable",
 ]
 
 OptionsT = TypeVar("OptionsT", bound="attrs.AttrsInstance")
@@ -132,13 +134,25 @@ def announce_ready(logger: logging.Logger, what: str) -> None:
     logger.info("%s consuming %s", READY_MARKER, what)
 
 
-def describe(verdict: Settlement, results: Sequence[InvocationResult]) -> str:
-    """Why a message was not acknowledged, in a few words, for logs and dead letters."""
-    if verdict is Settlement.UNMATCHED:
-        return "no function subscribes to its topic"
-    if verdict is Settlement.INVALID:
-        return "invalid message (see the warning logged before)"
-    failures = [r for r in results if not r.ok]
-    return "; ".join(
-        f"{r.function}: {f'HTTP {r.status}' if r.status is not None else r.error}" for r in failures
-    )
+UNROUTABLE: Final = ("dead-letter", "drop", "retry")
+"""The values of a connector's ``--unroutable``: what becomes of unmatched or invalid messages."""
+
+
+def unroutable(choice: str) -> OutcomeKind:
+    """``--unroutable``'s value (``dead-letter``, ``drop``, ``retry``) as an OutcomeKind."""
+    return OutcomeKind(choice.replace("-", "_"))
+
+
+def log_outcome(logger: logging.Logger, outcome: Outcome, what: str) -> None:
+    """One line for a message not acknowledged (``what`` names it): INFO for a retry, WARNING
+    for a dead letter or a drop; nothing for an ack."""
+    reason = outcome.reason
+    if reason is None:
+        return
+    delivery = "" if reason.deliveries is None else f" (delivery {reason.deliveries})"
+    if outcome.kind is OutcomeKind.RETRY:
+        logger.info("retrying %s%s in %gs: %s", what, delivery, outcome.delay, reason.summary)
+    elif outcome.kind is OutcomeKind.DEAD_LETTER:
+        logger.warning("dead-lettering %s%s: %s", what, delivery, reason.summary)
+    else:
+        logger.warning("dropping %s%s: %s", what, delivery, reason.summary)

@@ -30,10 +30,18 @@ persistent_client_expiration, or a clean start under that id). A publisher's MQT
 properties ``traceparent`` and ``tracestate`` then continue its trace (under 3.1.1, only a
 structured CloudEvent payload can carry one); other user properties are not forwarded.
 
-MQTT has no negative acknowledgement: a message whose invocation failed (after the controller's
-own retries, see RetryPolicy), whose topic no function subscribes to, or that cannot be invoked
-is acknowledged and logged, never redelivered nor dead-lettered. Retained messages are
-delivered again on every (re)subscription. Ordering: none across the max_concurrency messages
+MQTT has no negative acknowledgement and no delivery count, so in aioconnector's outcome model
+(OutcomePolicy) every delivery is the last: a message whose invocation failed (after the
+controller's own retries, see RetryPolicy), whose topic no function subscribes to, or that
+cannot be invoked is dead-lettered at once (--unroutable drop: unmatched and invalid ones are
+only logged), never redelivered. With --dead-letter-topic, a dead letter is published there
+(QoS 1, its PUBACK awaited before the original is acknowledged) with the original payload;
+under --protocol 5 it also carries the reason as user properties (dead_cause, dead_reason,
+dead_function, dead_status, dead_error, dead_attempts, dead_topic, dead_message_id), besides
+the original's; MQTT 3.1.1 has no headers, so there the reason is only logged. The topic must
+not match --topics (its dead letters would come back). Without --dead-letter-topic, a dead
+letter is logged and acknowledged: lost. Retained messages are delivered again on every
+(re)subscription. Ordering: none across the max_concurrency messages
 in flight. SIGTERM/SIGINT: stop taking messages, finish those in flight (within drain_timeout),
 disconnect. One replica per --client-id (in Kubernetes: replicas 1, strategy Recreate).
 Needs ``pip install 'aioconnector[mqtt]'``:
@@ -46,14 +54,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
-from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
+from .._source import SourceMessage, run_source
+from ._base import Connector, announce_ready, log_outcome, trace_context, unroutable
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -62,8 +70,10 @@ if TYPE_CHECKING:
 
     import aiomqtt
     from anyio.abc import TaskStatus
+    from paho.mqtt.properties import Properties
 
     from .._controller import AsyncController
+    from .._outcome import OutcomeReason, Settlement
     from .._results import InvocationResult
     from .._source import SourceStats
 
@@ -73,6 +83,7 @@ log = logging.getLogger("aioconnector.connectors.mqtt")
 _QOS = 1
 _PROTOCOLS = ("3.1.1", "5")
 _NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry interval for "never"
+_FINAL = ("dead-letter", "drop")  # no redelivery: --unroutable cannot be retry
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +100,12 @@ class Options:
         "3.1.1",
         "MQTT version, 3.1.1 or 5 (5: trace context from user properties)",
         choices=_PROTOCOLS,
+    )
+    dead_letter_topic: str = option(
+        "", "publish dead letters here (QoS 1; reason as MQTT 5 user properties); empty: log"
+    )
+    unroutable: str = option(
+        "dead-letter", "unmatched/invalid messages: dead-letter or drop", choices=_FINAL
     )
 
 
@@ -107,6 +124,7 @@ async def run(
     CONNECTOR.require()
     import aiomqtt
 
+    _check_dead_letter_topic(options)
     persistent = bool(options.client_id)
     client = aiomqtt.Client(
         options.host,
@@ -127,11 +145,26 @@ async def run(
             controller,
             client.messages,
             convert=_convert,
-            settle=partial(_settle, client if persistent else None),
+            settle=_Settle(client, options, _policy(options), persistent=persistent),
             stop=stop,
             stop_signals=stop_signals,
             messaging_system="mqtt",  # no value in the semantic conventions: the broker's name
         )
+
+
+def _check_dead_letter_topic(options: Options) -> None:
+    """A topic to publish to, outside the filters consumed: ``ValueError`` otherwise."""
+    import aiomqtt
+
+    if not options.dead_letter_topic:
+        return
+    topic = aiomqtt.Topic(options.dead_letter_topic)  # ValueError for a wildcard
+    for wildcard in options.topics:
+        if topic.matches(wildcard):
+            raise ValueError(
+                f"dead_letter_topic {topic.value!r} matches the topic filter {wildcard!r}: its "
+                "dead letters would come back to this connector; choose a topic outside it"
+            )
 
 
 def _session(protocol: str, persistent: bool) -> dict[str, Any]:
@@ -175,18 +208,48 @@ def _user_properties(message: aiomqtt.Message) -> dict[str, str] | None:
     return trace_context(dict(pairs))
 
 
-async def _settle(
-    client: aiomqtt.Client | None,
-    message: aiomqtt.Message,
-    verdict: Settlement,
-    results: Sequence[InvocationResult],
-) -> None:
-    """Log what could not be delivered; acknowledge it all (with manual acks: now)."""
-    if verdict is not Settlement.ACK:
-        why = describe(verdict, results)
-        log.warning("dropping a message on %s (%s): %s", message.topic, verdict.value, why)
-    if client is not None:
-        client._client.ack(message.mid, message.qos)  # paho's manual ack; see the docstring
+@attrs.frozen
+class _Settle:
+    """``settle`` for run_source: publish a dead letter (if there is a topic for them) or log
+    what is not delivered; then acknowledge (with manual acks: now)."""
+
+    client: aiomqtt.Client
+    options: Options
+    policy: OutcomePolicy
+    persistent: bool = attrs.field(kw_only=True)
+
+    async def __call__(
+        self, message: aiomqtt.Message, verdict: Settlement, results: Sequence[InvocationResult]
+    ) -> None:
+        outcome = outcome_of(verdict, results, policy=self.policy)
+        log_outcome(log, outcome, f"a message on {message.topic.value!r}")
+        dead_letter_topic = self.options.dead_letter_topic
+        if outcome.kind is OutcomeKind.DEAD_LETTER and outcome.reason and dead_letter_topic:
+            await self.client.publish(
+                dead_letter_topic,
+                message.payload,
+                qos=_QOS,
+                properties=self._properties(message, outcome.reason),
+            )
+        if self.persistent:  # paho's manual ack; see the docstring
+            self.client._client.ack(message.mid, message.qos)
+
+    def _properties(self, message: aiomqtt.Message, reason: OutcomeReason) -> Properties | None:
+        """MQTT 5: the original's user properties and the reason's; 3.1.1 has none."""
+        if self.options.protocol != "5":
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        original = list(getattr(message.properties, "UserProperty", None) or ())
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = [*original, *reason.fields().items()]
+        return properties
+
+
+def _policy(options: Options) -> OutcomePolicy:
+    """No redelivery: every failure is final, on the first and only delivery."""
+    return OutcomePolicy(max_deliveries=1, unroutable=unroutable(options.unroutable))
 
 
 def _errors() -> tuple[type[BaseException], ...]:

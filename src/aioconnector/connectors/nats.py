@@ -4,28 +4,39 @@ Each message invokes every function whose ``topic`` annotation names its subject
 --strip-prefix removed: ``events.orders`` -> ``orders``), with the message as the body and
 ``X-Message-Id`` set to its ``Nats-Msg-Id`` header, or else its stream sequence number.
 
-Delivery is at least once, in no particular order (up to max_concurrency messages at once):
+Delivery is at least once, in no particular order (up to max_concurrency messages at once).
+Each message is settled by aioconnector's outcome policy (OutcomePolicy), with JetStream's
+delivery count:
 
 - every matched function answered 2xx: ack;
-- an invocation failed: nak with a delay (--nak-delay, doubled at each delivery), so JetStream
-  redelivers it, until the consumer's max_deliver: then term (and log);
-- no function subscribes, or the message cannot be invoked: term and log at once
-  (--nak-unroutable: nak those too, until max_deliver);
+- an invocation failed: nak with a delay (--nak-delay, doubled at each delivery, at most 60 s),
+  so JetStream redelivers it; on the consumer's max_deliver-th delivery, dead-lettered;
+- no function subscribes, or the message cannot be invoked: dead-lettered at once
+  (--unroutable drop: terminated without a dead letter; --unroutable retry, or the older
+  --nak-unroutable: nak'ed like a failure);
+- dead-lettered: published, with JetStream's ack, to --dead-letter-subject (a stream capturing
+  it is created, ``<stream>_DEAD``, when none does) with the original headers and the reason in
+  ``dead_*`` headers (dead_cause, dead_reason, dead_function, dead_status, dead_error,
+  dead_attempts, dead_deliveries, dead_topic, dead_message_id, dead_from = stream/sequence,
+  dead_subject), then terminated (term); without --dead-letter-subject, only terminated and
+  logged (JetStream sends a MSG_TERMINATED advisory);
 - a connector that dies leaves its messages unacked: JetStream redelivers them after ack_wait.
+
+Every message fetched and not yet settled is told to JetStream as in progress (+WPI) every
+third of the consumer's ack_wait, so a message whose functions run longer than ack_wait (or
+which waits in a fetched batch for a free worker) is not redelivered meanwhile.
 
 With --async-invocations, each message is invoked through /async-function/ (the gateway's
 queue-worker runs the functions) and settled by the same rules once the callbacks of all its
 functions arrived, at the built-in receiver (callback_listen, and callback_public_url for how the
-gateway reaches it): for functions that run for minutes. Meanwhile the message is told to
-JetStream as in progress every third of ack_wait, so it is not redelivered while its function
-runs; it counts in max_concurrency until it is settled. A callback that does not come within
+gateway reaches it): for functions that run for minutes. It stays in progress meanwhile and
+counts in max_concurrency until it is settled. A callback that does not come within
 callback_timeout is a failure (nak).
 
 The stream and the durable consumer are created when missing (an existing one keeps its
 settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
 no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the
-rest to redelivery, exit 0. Keep ack_wait above the longest invocation (upstream_timeout,
-retries included). Needs ``pip install 'aioconnector[nats]'``:
+rest to redelivery, exit 0. Needs ``pip install 'aioconnector[nats]'``:
 
     gateway_url=http://127.0.0.1:8080 aioconnector connect nats \\
         --stream EVENTS --subjects 'events.>' --strip-prefix events.
@@ -45,8 +56,9 @@ import anyio.lowlevel
 import attrs
 
 from .._errors import only_exception
-from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
+from .._source import SourceMessage, run_source
+from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
 from ._settings import option
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -61,6 +73,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from .._controller import AsyncController
+    from .._outcome import OutcomeReason, Settlement
     from .._results import InvocationResult
     from .._source import SourceStats
 
@@ -85,9 +98,17 @@ class Options:
     batch: int = option(16, "messages per fetch")
     strip_prefix: str = option("", "removed from a subject to give its topic, e.g. 'events.'")
     ack_wait: float = option(30.0, "before an unacked message is redelivered (new consumer)")
-    max_deliver: int = option(5, "deliveries before a failing message is terminated (new consumer)")
+    max_deliver: int = option(
+        5, "deliveries before a failing message is dead-lettered (new consumer)"
+    )
     nak_delay: float = option(1.0, "redelivery delay after a failure, doubled each time")
-    nak_unroutable: bool = option(default=False, help="nak unmatched/invalid messages, not term")
+    unroutable: str = option(
+        "dead-letter", "unmatched/invalid messages: dead-letter, drop or retry", choices=UNROUTABLE
+    )
+    nak_unroutable: bool = option(default=False, help="the same as --unroutable retry (older)")
+    dead_letter_subject: str = option(
+        "", "publish dead letters here, reason in dead_* headers (empty: term only)"
+    )
     async_invocations: bool = option(
         default=False, help="invoke via /async-function/, ack once the callbacks came"
     )
@@ -121,28 +142,20 @@ async def run(
         options.url.split(","), name=controller.config.connector_name, error_cb=_log_nats_error
     )
     try:
-        subscription, max_deliver, ack_wait = await _subscribe(client.jetstream(), options)
-        convert = partial(_convert, options.strip_prefix)
-        settle = partial(_settle, options, max_deliver)
-        if not options.async_invocations:
-            return await run_source(
-                controller,
-                _fetch(subscription, options),
-                convert=convert,
-                settle=settle,
-                stop=stop,
-                stop_signals=stop_signals,
-                messaging_system="nats",  # no value in the semantic conventions: the broker's name
-                task_status=task_status,
-            )
-        working = _InProgress(convert, settle, interval=max(ack_wait / 3, _MIN_PROGRESS))
-        return await _run_async(
+        js = client.jetstream()
+        subscription, max_deliver, ack_wait = await _subscribe(js, options)
+        if options.dead_letter_subject:
+            await _dead_letter_stream(js, options)
+        leases = _Leases(interval=max(ack_wait / 3, _MIN_PROGRESS))
+        return await _run(
             controller,
-            _fetch(subscription, options),
-            working,
+            _fetch(subscription, options, leases),
+            leases,
+            convert=partial(_convert, options.strip_prefix),
+            settle=_Settle(js, options, _policy(options, max_deliver), leases),
             stop=stop,
             stop_signals=stop_signals,
-            messaging_system="nats",  # no value in the semantic conventions: the broker's name
+            invoke_async=options.async_invocations,
             task_status=task_status,
         )
     finally:
@@ -150,30 +163,43 @@ async def run(
             await client.close()  # also sends the acks still buffered
 
 
-async def _run_async(
+def _policy(options: Options, max_deliver: int) -> OutcomePolicy:
+    """The outcome policy: the consumer's max_deliver (-1: none), --nak-delay doubling."""
+    kind = OutcomeKind.RETRY if options.nak_unroutable else unroutable(options.unroutable)
+    return OutcomePolicy(
+        max_deliveries=max_deliver if max_deliver > 0 else None,
+        retry_delay=options.nak_delay,
+        max_retry_delay=_MAX_NAK_DELAY,
+        unroutable=kind,
+    )
+
+
+async def _run(
     controller: AsyncController,
     source: AsyncIterator[Msg],
-    working: _InProgress,
+    leases: _Leases,
     *,
+    convert: Callable[[Msg], SourceMessage],
+    settle: Callable[[Msg, Settlement, Sequence[InvocationResult]], Awaitable[None]],
     stop: anyio.Event | None,
     stop_signals: Sequence[signal.Signals],
-    messaging_system: str,
+    invoke_async: bool,
     task_status: TaskStatus[None],
 ) -> SourceStats:
-    """``run_source(invoke_async=True)``, with the messages awaiting callbacks kept alive."""
+    """``run_source``, with the messages in flight kept alive beside it."""
     error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(working.keep_alive)
+            tg.start_soon(leases.keep_alive)
             stats = await run_source(
                 controller,
                 source,
-                convert=working.convert,
-                settle=working.settle,
+                convert=convert,
+                settle=settle,
                 stop=stop,
                 stop_signals=stop_signals,
-                messaging_system=messaging_system,
-                invoke_async=True,
+                messaging_system="nats",  # no value in the semantic conventions: the broker's name
+                invoke_async=invoke_async,
                 task_status=task_status,
             )
             tg.cancel_scope.cancel()
@@ -182,7 +208,7 @@ async def _run_async(
         if error is None:
             raise
     if error is not None:
-        raise error  # as itself, as without --async-invocations
+        raise error  # as itself, as run_source raises it
     return stats
 
 
@@ -220,32 +246,38 @@ async def _subscribe(
     return subscription, info.config.max_deliver or -1, info.config.ack_wait or options.ack_wait
 
 
-class _InProgress:
-    """The messages awaiting their callbacks (from convert to settle), told to JetStream as in
-    progress (``+WPI``) every ``interval``, so a function that runs longer than ack_wait does
-    not get its message redelivered meanwhile."""
+async def _dead_letter_stream(js: JetStreamContext, options: Options) -> None:
+    """Make sure a stream other than the consumed one captures --dead-letter-subject: create
+    ``<stream>_DEAD`` when none does."""
+    from nats.js.errors import NotFoundError
 
-    def __init__(
-        self,
-        convert: Callable[[Msg], SourceMessage],
-        settle: Callable[[Msg, Settlement, Sequence[InvocationResult]], Awaitable[None]],
-        *,
-        interval: float,
-    ) -> None:
-        self._convert = convert
-        self._settle = settle
+    subject = options.dead_letter_subject
+    try:
+        found = await js.find_stream_name_by_subject(subject)
+    except NotFoundError:
+        await js.add_stream(name=f"{options.stream}_DEAD", subjects=[subject])
+        return
+    if found == options.stream:
+        raise ValueError(
+            f"dead_letter_subject {subject!r} is in stream {found}, which this connector "
+            "consumes: its dead letters would come back to it; choose a subject outside it"
+        )
+
+
+class _Leases:
+    """The messages fetched and not yet settled, told to JetStream as in progress (``+WPI``)
+    every ``interval``: one whose invocations (or callbacks) outlast ack_wait, or that waits
+    in a fetched batch for a free worker, is not redelivered meanwhile."""
+
+    def __init__(self, *, interval: float) -> None:
         self._interval = interval
-        self._messages: dict[int, Msg] = {}
+        self._messages: dict[int, Msg] = {}  # by id(): each Msg is a distinct, living object
 
-    def convert(self, msg: Msg) -> SourceMessage:
+    def hold(self, msg: Msg) -> None:
         self._messages[id(msg)] = msg
-        return self._convert(msg)
 
-    async def settle(
-        self, msg: Msg, verdict: Settlement, results: Sequence[InvocationResult]
-    ) -> None:
+    def release(self, msg: Msg) -> None:
         self._messages.pop(id(msg), None)
-        await self._settle(msg, verdict, results)
 
     async def keep_alive(self) -> None:
         import nats.errors
@@ -260,9 +292,10 @@ class _InProgress:
 
 
 async def _fetch(
-    subscription: JetStreamContext.PullSubscription, options: Options
+    subscription: JetStreamContext.PullSubscription, options: Options, leases: _Leases
 ) -> AsyncIterator[Msg]:
-    """The consumer's messages, fetched ``options.batch`` at a time."""
+    """The consumer's messages, fetched ``options.batch`` at a time, each held in ``leases``
+    until it is settled."""
     import nats.errors
 
     await anyio.lowlevel.checkpoint()  # run_source's signal handlers go in before "ready"
@@ -274,11 +307,14 @@ async def _fetch(
         # its two pull requests (a busy loop): both mean nothing new.
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             continue
+        for msg in batch:
+            leases.hold(msg)
         try:
             while batch:
                 yield batch.popleft()
         finally:
             for msg in batch:  # stopped mid-batch: hand them back now, not after ack_wait
+                leases.release(msg)
                 await msg.nak()
 
 
@@ -298,30 +334,55 @@ def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
     )
 
 
-async def _settle(
-    options: Options,
-    max_deliver: int,
-    msg: Msg,
-    verdict: Settlement,
-    results: Sequence[InvocationResult],
-) -> None:
-    """Ack a success; nak a failure until the last delivery; terminate the rest."""
-    if verdict is Settlement.ACK:
-        await msg.ack()
-        return
-    delivered = msg.metadata.num_delivered
-    last = 0 < max_deliver <= delivered
-    if not last and (verdict is Settlement.RETRY or options.nak_unroutable):
-        await msg.nak(delay=min(options.nak_delay * 2 ** (delivered - 1), _MAX_NAK_DELAY))
-        return
-    log.warning(
-        "terminating message %s on %s after %d deliveries: %s",
-        message_id(msg),
-        msg.subject,
-        delivered,
-        describe(verdict, results),
-    )
-    await msg.term()
+@attrs.frozen
+class _Settle:
+    """``settle`` for run_source: ack, nak with the outcome's delay, or terminate (after
+    publishing the dead letter)."""
+
+    js: JetStreamContext
+    options: Options
+    policy: OutcomePolicy
+    leases: _Leases
+
+    async def __call__(
+        self, msg: Msg, verdict: Settlement, results: Sequence[InvocationResult]
+    ) -> None:
+        self.leases.release(msg)
+        deliveries = msg.metadata.num_delivered
+        outcome = outcome_of(verdict, results, policy=self.policy, deliveries=deliveries)
+        if outcome.kind is OutcomeKind.ACK:
+            await msg.ack()
+            return
+        what = f"message {message_id(msg)} on {msg.subject}"
+        log_outcome(log, outcome, what)
+        if outcome.kind is OutcomeKind.RETRY:
+            await msg.nak(delay=outcome.delay)
+            return
+        subject = self.options.dead_letter_subject
+        if outcome.kind is OutcomeKind.DEAD_LETTER and outcome.reason and subject:
+            import nats.errors
+
+            try:
+                await self.js.publish(subject, msg.data, headers=_dead_headers(msg, outcome.reason))
+            except nats.errors.Error as exc:  # e.g. its stream was deleted: keep the message
+                log.warning("could not publish the dead letter of %s, nak'ed: %s", what, exc)
+                await msg.nak(delay=self.policy.delay(deliveries))
+                return
+        await msg.term()
+
+
+def _dead_headers(msg: Msg, reason: OutcomeReason) -> dict[str, str]:
+    """The original headers (but JetStream's own), the reason's, and where it came from."""
+    metadata = msg.metadata
+    origin = f"{metadata.stream}/{metadata.sequence.stream}"
+    headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
+    headers |= reason.fields()
+    headers |= {
+        "dead_from": origin,
+        "dead_subject": msg.subject,
+        "Nats-Msg-Id": origin,  # published twice (a retried term), stored once
+    }
+    return headers
 
 
 def _errors() -> tuple[type[BaseException], ...]:

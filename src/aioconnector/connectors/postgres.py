@@ -9,18 +9,25 @@ A notification's payload says what to invoke:
   `pg_notify('orders', row_to_json(NEW)::text)` works), without X-Message-Id.
 
 A payload that starts with "{" but is not JSON, or an envelope whose "topic" is not a string,
-is settled INVALID: logged and skipped, and the connector goes on.
+is settled INVALID: dead-lettered (see below), and the connector goes on.
 
-Delivery guarantees: at most once. LISTEN/NOTIFY has no acknowledgement and no redelivery: a
-notification sent while the connector is down, or while its connection is being re-made, is
-lost; so is one whose invocation failed (after the controller's own retries, see RetryPolicy:
-logged as an error), one no function subscribes to (logged) and one that arrives while all
-max_concurrency invocation slots and the --buffer are full (dropped and logged: NOTIFY cannot be
-slowed down). PostgreSQL also folds identical payloads sent on one channel in one transaction
-into one notification, and limits payloads to 8000 bytes. For at least once, use an outbox
-table: write each event to it in the transaction that makes it happen, NOTIFY only as a wake-up
-call, and have the consumer take rows with SELECT ... FOR UPDATE SKIP LOCKED, invoke, and
-DELETE them once every function answered 2xx (the row id is then a real X-Message-Id).
+Delivery guarantees: at most once. LISTEN/NOTIFY has no acknowledgement, no redelivery and no
+delivery count, so in aioconnector's outcome model (OutcomePolicy) every delivery is the last:
+a notification whose invocation failed (after the controller's own retries, see RetryPolicy),
+one no function subscribes to and an invalid one are dead-lettered at once (--unroutable drop:
+unmatched and invalid ones are only logged). With --dead-letter-table, a dead letter is a row
+of that table (created if missing: id, dead_at, channel, payload, cause, reason, and fields, a
+jsonb object of the reason's dead_* fields: dead_cause, dead_reason, dead_function,
+dead_status, dead_error, dead_attempts, dead_topic, dead_message_id), inserted on the
+listening connection; without it, it is logged and lost. A notification sent while the
+connector is down, or while its connection is being re-made, is lost, and so is one that
+arrives while all max_concurrency invocation slots and the --buffer are full (dropped and
+logged: NOTIFY cannot be slowed down). PostgreSQL also folds identical payloads sent on one
+channel in one transaction into one notification, and limits payloads to 8000 bytes. For at
+least once, use an outbox table: write each event to it in the transaction that makes it
+happen, NOTIFY only as a wake-up call, and have the consumer take rows with SELECT ... FOR
+UPDATE SKIP LOCKED, invoke, and DELETE them once every function answered 2xx (the row id is
+then a real X-Message-Id).
 
 Ordering: notifications arrive in commit order, but up to max_concurrency are invoked at once.
 A lost connection ends the run with an error (exit status 1). SIGTERM/SIGINT: stop taking
@@ -36,13 +43,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import attrs
 
-from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
+from .._source import SourceMessage, run_source
+from ._base import Connector, announce_ready, log_outcome, trace_context, unroutable
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -52,6 +61,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from .._controller import AsyncController
+    from .._outcome import OutcomeReason, Settlement
     from .._results import InvocationResult
     from .._source import SourceStats
 
@@ -59,6 +69,9 @@ __all__ = ["CONNECTOR", "Notification", "Options", "run"]
 
 log = logging.getLogger("aioconnector.connectors.postgres")
 _JSON = {"Content-Type": "application/json"}
+_FINAL = ("dead-letter", "drop")  # no redelivery: --unroutable cannot be retry
+# A table name, schema-qualified or not; quoted as given (so case-sensitive).
+_TABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?")
 
 
 @attrs.frozen(kw_only=True)
@@ -70,6 +83,12 @@ class Options:
         ("openfaas",), "channels to LISTEN on, comma-separated", also_env=("topics",)
     )
     buffer: int = option(1000, "notifications held while every invocation slot is busy")
+    dead_letter_table: str = option(
+        "", "table for dead letters ([schema.]name, created if missing); empty: log only"
+    )
+    unroutable: str = option(
+        "dead-letter", "unmatched/invalid notifications: dead-letter or drop", choices=_FINAL
+    )
 
 
 @attrs.frozen
@@ -96,6 +115,8 @@ async def run(
     CONNECTOR.require()
     import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
 
+    table = _quoted_table(options.dead_letter_table)
+
     send, receive = anyio.create_memory_object_stream[Notification](options.buffer)
     lost: list[str] = []
 
@@ -113,6 +134,8 @@ async def run(
     async with send, receive:
         connection = await asyncpg.connect(options.dsn or None)
         try:
+            if table is not None:
+                await connection.execute(_CREATE.format(table=table))
             connection.add_termination_listener(on_termination)
             for channel in options.channels:
                 await connection.add_listener(channel, on_notify)
@@ -122,7 +145,7 @@ async def run(
                 controller,
                 receive,
                 convert=_convert,
-                settle=_settle,
+                settle=_Settle(connection, table, _policy(options)),
                 stop=stop,
                 stop_signals=stop_signals,
                 messaging_system="postgresql",  # the convention has none: the db.system name
@@ -158,16 +181,83 @@ def _convert(notification: Notification) -> SourceMessage:
     )
 
 
-async def _settle(
-    notification: Notification, verdict: Settlement, results: Sequence[InvocationResult]
-) -> None:
-    """Nothing to acknowledge: log what was not delivered, since it is lost."""
-    if verdict is Settlement.RETRY:
-        why = describe(verdict, results)
-        log.error("lost a notification on %s: %s", notification.channel, why)
-    elif verdict is not Settlement.ACK:
-        why = describe(verdict, results)
-        log.warning("skipped a notification on %s: %s", notification.channel, why)
+_CREATE: Final = """CREATE TABLE IF NOT EXISTS {table} (
+    id bigserial PRIMARY KEY,
+    dead_at timestamptz NOT NULL DEFAULT now(),
+    channel text NOT NULL,
+    payload text NOT NULL,
+    cause text NOT NULL,
+    reason text NOT NULL,
+    fields jsonb NOT NULL
+)"""
+_INSERT: Final = (
+    "INSERT INTO {table} (channel, payload, cause, reason, fields) VALUES ($1, $2, $3, $4, $5)"
+)
+
+
+def _quoted_table(name: str) -> str | None:
+    """``--dead-letter-table`` as a quoted identifier, None when empty; ``ValueError`` for a
+    name that is not ``[schema.]table`` of letters, digits and underscores."""
+    if not name:
+        return None
+    if not _TABLE.fullmatch(name):
+        raise ValueError(
+            f"dead_letter_table must be [schema.]name of letters, digits and underscores, "
+            f"got {name!r}"
+        )
+    return ".".join(f'"{part}"' for part in name.split("."))
+
+
+def _policy(options: Options) -> OutcomePolicy:
+    """No redelivery: every failure is final, on the first and only delivery."""
+    return OutcomePolicy(max_deliveries=1, unroutable=unroutable(options.unroutable))
+
+
+class _Settle:
+    """``settle`` for run_source: nothing to acknowledge; a dead letter goes to the table (if
+    there is one), the rest is logged, since it is lost."""
+
+    def __init__(self, connection: Any, table: str | None, policy: OutcomePolicy) -> None:
+        self._connection = connection
+        self._insert = None if table is None else _INSERT.format(table=table)
+        self._policy = policy
+        self._lock = anyio.Lock()  # one query at a time on the connection
+
+    async def __call__(
+        self, notification: Notification, verdict: Settlement, results: Sequence[InvocationResult]
+    ) -> None:
+        outcome = outcome_of(verdict, results, policy=self._policy)
+        if outcome.kind is OutcomeKind.ACK or outcome.reason is None:
+            return
+        what = f"a notification on {notification.channel}"
+        if outcome.kind is OutcomeKind.DEAD_LETTER and self._insert is not None:
+            log_outcome(log, outcome, what)
+            await self._dead_letter(notification, outcome.reason)
+        elif outcome.kind is OutcomeKind.DEAD_LETTER:
+            log.error("lost %s: %s", what, outcome.reason.summary)
+        else:
+            log_outcome(log, outcome, what)
+
+    async def _dead_letter(self, notification: Notification, reason: OutcomeReason) -> None:
+        import asyncpg
+
+        try:
+            async with self._lock:
+                await self._connection.execute(
+                    self._insert,
+                    notification.channel,
+                    notification.payload,
+                    reason.cause,
+                    reason.summary,
+                    json.dumps(reason.fields()),
+                )
+        except asyncpg.PostgresError as exc:  # e.g. the table was dropped: say what is lost
+            log.error(  # noqa: TRY400  (one line: the error says it all)
+                "lost a notification on %s (%s), not dead-lettered: %s",
+                notification.channel,
+                reason.summary,
+                exc,
+            )
 
 
 def _errors() -> tuple[type[BaseException], ...]:

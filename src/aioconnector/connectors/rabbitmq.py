@@ -9,18 +9,29 @@ redelivery count as X-Delivery-Count.
 
 Delivery guarantees: at least once. Acks are manual and sent only after every matched
 function answered 2xx; at most max_concurrency messages (the channel's prefetch) are unacked
-at once. Then, by settlement:
-  ACK        basic.ack.
-  RETRY      basic.nack(requeue=True): the broker redelivers it. The quorum queue counts the
-             deliveries (x-delivery-count) and after --max-redeliveries redeliveries it
-             dead-letters the message itself (reason 'delivery_limit'), so a message that
-             crashes the connector every time is dead-lettered too. Redelivery is immediate:
-             backoff happens within the controller's RetryPolicy, before the nack.
-  UNMATCHED  basic.reject(requeue=False): dead-lettered at once (no function has the topic);
-  INVALID    the same (a routing key that cannot be a topic).
-Dead-lettering is at-least-once (x-dead-letter-strategy), which needs x-overflow=reject-publish.
-A queue that already exists with other arguments makes the declaration fail
-(PRECONDITION_FAILED): delete it or give another --queue.
+at once. Each message is settled by aioconnector's outcome policy (OutcomePolicy), its
+delivery count being the quorum queue's x-delivery-count + 1:
+  ACK          basic.ack.
+  RETRY        basic.reject(requeue=True): the broker redelivers it at once and the quorum
+               queue counts the delivery (x-delivery-count). The policy's delay does not
+               apply: backoff happens within the controller's RetryPolicy, before the reject.
+  DEAD_LETTER  on the (--max-redeliveries + 1)-th delivery of a failing message, or at once
+               for one no function subscribes to or that cannot be invoked (--unroutable):
+               published, with a publisher confirm, to the dead-letter exchange
+               '<exchange>.dlx' under its routing key, with its properties, its headers and
+               the reason in dead_* headers (dead_cause, dead_reason, dead_function,
+               dead_status, dead_error, dead_attempts, dead_deliveries, dead_topic,
+               dead_message_id), then acked. Should that publish fail, basic.reject(
+               requeue=False) lets the queue dead-letter it itself (x-death, no dead_* headers).
+  DROP         (--unroutable drop) basic.ack, logged.
+The queue's own x-delivery-limit (--max-redeliveries) stays as the safety net: a message that
+crashes the connector every time is dead-lettered by the broker (reason 'delivery_limit', in
+x-first-death-reason). Its dead-lettering is at-least-once (x-dead-letter-strategy), which needs
+x-overflow=reject-publish. A queue that already exists with other arguments makes the
+declaration fail (PRECONDITION_FAILED): delete it or give another --queue. A message whose
+functions run long keeps its lease: RabbitMQ does not redeliver an unacked message while its
+channel is open; only the server's consumer_timeout (default 30 minutes) closes a channel that
+held a delivery unacked longer, and its messages are then redelivered.
 
 SIGTERM/SIGINT: stop consuming, let the messages in flight finish and ack them (within
 drain_timeout), leave the rest unacked; closing the channel returns them to the queue (this
@@ -47,18 +58,25 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
+from .._source import SourceMessage, run_source
+from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
 from ._settings import option
 
 if TYPE_CHECKING:
     import signal
     from collections.abc import Sequence
 
-    from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+    from aio_pika.abc import (
+        AbstractChannel,
+        AbstractExchange,
+        AbstractIncomingMessage,
+        AbstractQueue,
+    )
     from anyio.abc import TaskStatus
 
     from .._controller import AsyncController
+    from .._outcome import OutcomeReason, Settlement
     from .._results import InvocationResult
     from .._source import SourceStats
 
@@ -78,6 +96,9 @@ class Options:
         ("#",), "binding keys, comma-separated", also_env=("topics",)
     )
     max_redeliveries: int = option(5, "redeliveries of a failing message before dead-lettering")
+    unroutable: str = option(
+        "dead-letter", "unmatched/invalid messages: dead-letter, drop or retry", choices=UNROUTABLE
+    )
 
 
 async def run(
@@ -105,9 +126,10 @@ async def run(
             send.send_nowait(message)
 
     async with await aio_pika.connect(options.url) as connection, send, receive:
-        channel = await connection.channel()
+        # A dead letter no queue takes raises (PublishError) rather than vanishing.
+        channel = await connection.channel(on_return_raises=True)
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await _declare(channel, options)
+        queue, dead = await _declare(channel, options)
         tag = await queue.consume(deliver)
 
         async def stop_consuming() -> None:  # at the stop, not after the drain
@@ -123,7 +145,7 @@ async def run(
                 controller,
                 receive,
                 convert=_convert,
-                settle=_settle,
+                settle=_Settle(dead, _policy(options)),
                 stop=stop,
                 stop_signals=stop_signals,
                 messaging_system="rabbitmq",
@@ -132,8 +154,11 @@ async def run(
     return stats
 
 
-async def _declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
-    """Declare the exchange, the queue, its bindings and its dead-letter pair; return the queue."""
+async def _declare(
+    channel: AbstractChannel, options: Options
+) -> tuple[AbstractQueue, AbstractExchange]:
+    """Declare the exchange, the queue, its bindings and its dead-letter pair; return the queue
+    and the dead-letter exchange."""
     source = await channel.declare_exchange(options.exchange, "topic", durable=True)
     dead = await channel.declare_exchange(f"{options.exchange}.dlx", "topic", durable=True)
     dead_queue = await channel.declare_queue(f"{options.queue}.dead", durable=True)
@@ -151,7 +176,22 @@ async def _declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
     )
     for key in options.bindings:
         await queue.bind(source, key)
-    return queue
+    return queue, dead
+
+
+def _policy(options: Options) -> OutcomePolicy:
+    """Dead-letter on the last delivery the queue allows; redeliveries are immediate."""
+    return OutcomePolicy(
+        max_deliveries=options.max_redeliveries + 1,
+        retry_delay=0,
+        unroutable=unroutable(options.unroutable),
+    )
+
+
+def deliveries(message: AbstractIncomingMessage) -> int:
+    """How many times the quorum queue delivered it, this time included."""
+    count = (message.headers or {}).get("x-delivery-count")  # absent on the first delivery
+    return count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
 def _convert(message: AbstractIncomingMessage) -> SourceMessage:
@@ -169,20 +209,60 @@ def _convert(message: AbstractIncomingMessage) -> SourceMessage:
     )
 
 
-async def _settle(
-    message: AbstractIncomingMessage, verdict: Settlement, results: Sequence[InvocationResult]
-) -> None:
-    """Ack a success, requeue a failure, dead-letter the rest."""
-    if verdict is Settlement.ACK:
+@attrs.frozen
+class _Settle:
+    """``settle`` for run_source: ack, requeue, dead-letter (publish, then ack) or drop."""
+
+    dead: AbstractExchange
+    policy: OutcomePolicy
+
+    async def __call__(
+        self,
+        message: AbstractIncomingMessage,
+        verdict: Settlement,
+        results: Sequence[InvocationResult],
+    ) -> None:
+        count = deliveries(message)
+        outcome = outcome_of(verdict, results, policy=self.policy, deliveries=count)
+        if outcome.kind is OutcomeKind.ACK:
+            await message.ack()
+            return
+        log_outcome(log, outcome, f"{message.message_id!r} ({message.routing_key!r})")
+        if outcome.kind is OutcomeKind.RETRY:
+            await message.reject(requeue=True)
+        elif outcome.kind is OutcomeKind.DROP:
+            await message.ack()
+        elif outcome.reason is not None:
+            await self._dead_letter(message, outcome.reason)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: OutcomeReason) -> None:
+        """Publish it to the dead-letter exchange (confirmed), then ack it."""
+        from aio_pika import DeliveryMode, Message
+        from aio_pika.exceptions import AMQPError
+
+        headers = {**(message.headers or {}), **reason.fields()}
+        headers.pop("x-delivery-count", None)  # the quorum queue's, for this queue
+        # Not user_id (the broker refuses one that is not this connection's user) nor
+        # expiration (a dead letter is kept).
+        dead = Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        try:
+            await self.dead.publish(dead, message.routing_key or "")
+        except AMQPError as exc:  # unroutable or refused: the queue's own dead-lettering
+            log.warning("could not publish the dead letter, rejected instead: %s", exc)
+            await message.reject(requeue=False)
+            return
         await message.ack()
-        return
-    why = describe(verdict, results)
-    if verdict is Settlement.RETRY:
-        log.warning("requeueing %s (%s): %s", message.message_id, message.routing_key, why)
-        await message.nack(requeue=True)
-    else:
-        log.warning("dead-lettering %s (%s): %s", message.message_id, message.routing_key, why)
-        await message.reject(requeue=False)
 
 
 def _errors() -> tuple[type[BaseException], ...]:

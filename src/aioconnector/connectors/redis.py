@@ -8,9 +8,13 @@ Delivery is at least once, in no particular order (up to max_concurrency entries
 - every matched function answered 2xx: XACK;
 - an invocation failed: the entry stays pending, and is claimed again (XAUTOCLAIM, by this or
   any connector of the group) once idle for --min-idle ms;
-- after --max-deliveries deliveries (XPENDING's count), or at once when no function subscribes
-  or the entry is invalid: copied to the dead-letter stream ``<stream>:dead`` (with
-  ``dead_reason``, ``dead_from`` and ``dead_deliveries`` fields) and XACKed, in one MULTI;
+- on its --max-deliveries-th delivery (XPENDING's count), or at once when no function
+  subscribes or the entry is invalid (--unroutable drop: XACKed and logged; retry: left
+  pending like a failure): copied to the dead-letter stream ``<stream>:dead`` with the reason
+  in ``dead_*`` fields (dead_cause, dead_reason, dead_function, dead_status, dead_error,
+  dead_attempts, dead_deliveries, dead_topic, dead_message_id, and dead_from =
+  ``<stream>/<entry id>``) and XACKed, in one MULTI; an entry delivered more often than that
+  without being settled (it crashed its connectors) likewise, with dead_cause ``abandoned``;
 - a connector that dies leaves its entries pending: the others claim them after --min-idle.
 
 While an entry's invocations run, the connector renews its claim every third of --min-idle
@@ -30,6 +34,7 @@ renewed every third of it). Needs Redis >= 7 and ``pip install 'aioconnector[red
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -40,8 +45,9 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from .._outcome import OutcomeKind, OutcomePolicy, OutcomeReason, outcome_of
+from .._source import SourceMessage, run_source
+from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
     from .._controller import AsyncController
+    from .._outcome import Settlement
     from .._results import InvocationResult
     from .._source import SourceStats
 
@@ -78,6 +85,9 @@ class Options:
         60_000, "ms after which a dead consumer's pending entry is claimed (live ones renew)"
     )
     max_deliveries: int = option(5, "deliveries before a failing entry is dead-lettered")
+    unroutable: str = option(
+        "dead-letter", "unmatched/invalid entries: dead-letter, drop or retry", choices=UNROUTABLE
+    )
 
 
 @attrs.frozen
@@ -237,31 +247,55 @@ async def _settle(
     *,
     held: _Held,
 ) -> None:
-    """XACK a success; leave a failure pending until its last delivery; dead-letter the rest."""
+    """XACK a success; leave a failure pending (claimed again after --min-idle: the outcome's
+    delay does not apply); dead-letter or drop the rest."""
     held.release(entry)  # settled or left to be claimed again once idle: no longer renewed
-    if verdict is Settlement.ACK:
+    policy = _policy(options)
+    outcome = outcome_of(verdict, results, policy=policy, deliveries=entry.deliveries)
+    if outcome.kind is OutcomeKind.ACK:
         await client.xack(entry.stream, options.group, entry.id)
-    elif verdict is Settlement.RETRY and entry.deliveries < options.max_deliveries:
-        log.debug("%s/%s failed, left pending: %s", entry.stream, entry.id, results)
-    else:
-        await _dead_letter(client, options, entry, describe(verdict, results))
+        return
+    what = f"{entry.stream}/{entry.id}"
+    if outcome.kind is OutcomeKind.RETRY:
+        log.debug("%s failed, left pending: %s", what, outcome.reason)
+    elif outcome.kind is OutcomeKind.DROP:
+        log_outcome(log, outcome, what)
+        await client.xack(entry.stream, options.group, entry.id)
+    elif outcome.reason is not None:
+        await _dead_letter(client, options, entry, outcome.reason)
 
 
-async def _dead_letter(client: Redis, options: Options, entry: Entry, reason: str) -> None:
-    """Copy the entry to ``<stream>:dead`` and XACK it, atomically."""
+@functools.lru_cache(maxsize=16)
+def _policy(options: Options) -> OutcomePolicy:
+    """--max-deliveries and --unroutable; redelivery is XAUTOCLAIM's, after --min-idle."""
+    return OutcomePolicy(
+        max_deliveries=options.max_deliveries,
+        retry_delay=options.min_idle / 1000,
+        backoff=1,
+        max_retry_delay=options.min_idle / 1000,
+        unroutable=unroutable(options.unroutable),
+    )
+
+
+async def _dead_letter(
+    client: Redis, options: Options, entry: Entry, reason: OutcomeReason | str
+) -> None:
+    """Copy the entry to ``<stream>:dead`` with the reason's ``dead_*`` fields and XACK it,
+    atomically. A str reason is why an entry was ``abandoned`` (delivered too many times
+    without being settled)."""
+    if isinstance(reason, str):
+        reason = OutcomeReason(cause="abandoned", detail=reason, deliveries=entry.deliveries)
     log.warning(
-        "dead-lettering %s/%s after %d deliveries: %s",
+        "dead-lettering %s/%s (delivery %d): %s",
         entry.stream,
         entry.id,
         entry.deliveries,
-        reason,
+        reason.summary,
     )
     dead: dict[FieldT, EncodableT] = dict(entry.fields.items())
-    dead |= {
-        b"dead_reason": reason,
-        b"dead_from": f"{entry.stream}/{entry.id}",
-        b"dead_deliveries": entry.deliveries,
-    }
+    for name, value in reason.fields().items():  # as bytes: they replace an entry's own
+        dead[name.encode()] = value
+    dead[b"dead_from"] = f"{entry.stream}/{entry.id}"
     async with client.pipeline(transaction=True) as pipe:
         pipe.xadd(f"{entry.stream}:dead", dead)
         pipe.xack(entry.stream, options.group, entry.id)
