@@ -52,8 +52,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, forward, mqtt_attributes, wrap_source
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    describe,
+    trace_context,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -90,6 +99,8 @@ class Options:
         "MQTT version, 3.1.1 or 5 (5: trace context from user properties)",
         choices=_PROTOCOLS,
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("mqtt")
 
 
 async def run(
@@ -107,6 +118,7 @@ async def run(
     CONNECTOR.require()
     import aiomqtt
 
+    events = cloudevents_of(options)
     persistent = bool(options.client_id)
     client = aiomqtt.Client(
         options.host,
@@ -126,7 +138,9 @@ async def run(
         return await run_source(
             controller,
             client.messages,
-            convert=_convert,
+            convert=partial(
+                _convert, events, wrap_source("mqtt", f"{options.host}:{options.port}")
+            ),
             settle=partial(_settle, client if persistent else None),
             stop=stop,
             stop_signals=stop_signals,
@@ -158,21 +172,26 @@ def message_id(topic: str, payload: bytes) -> str:
     return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
 
 
-def _convert(message: aiomqtt.Message) -> SourceMessage:
-    """The MQTT topic is the topic, the payload the body."""
+def _convert(events: CloudEvents, source: str, message: aiomqtt.Message) -> SourceMessage:
+    """The MQTT topic is the topic, the payload the body; a CloudEvent (MQTT 5 user
+    properties, or structured) is forwarded as ``events`` says."""
     topic = message.topic.value
-    return SourceMessage(
+    pairs = getattr(message.properties, "UserProperty", None) or []  # MQTT 5 only
+    converted = SourceMessage(
         topic=topic,
         body=message.payload,
         message_id=message_id(topic, message.payload),
-        trace_context=_user_properties(message),
+        trace_context=trace_context(dict(pairs)),  # where a publisher puts ``traceparent``
     )
-
-
-def _user_properties(message: aiomqtt.Message) -> dict[str, str] | None:
-    """MQTT 5 user properties: where a publisher puts ``traceparent``."""
-    pairs = getattr(message.properties, "UserProperty", None) or ()
-    return trace_context(dict(pairs))
+    if events.mode is CloudEventsMode.OFF:
+        return converted
+    return forward(
+        converted,
+        events,
+        source=source,
+        attributes=mqtt_attributes(pairs),
+        content_type=getattr(message.properties, "ContentType", None),
+    )
 
 
 async def _settle(

@@ -44,9 +44,25 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._cloudevents import (
+    CloudEvents,
+    CloudEventsMode,
+    find_header,
+    forward,
+    http_attributes,
+    wrap_source,
+)
 from .._errors import only_exception
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    describe,
+    trace_context,
+)
 from ._settings import option
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -91,6 +107,8 @@ class Options:
     async_invocations: bool = option(
         default=False, help="invoke via /async-function/, ack once the callbacks came"
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("nats")
 
 
 async def run(
@@ -108,6 +126,7 @@ async def run(
     (``callback_listen`` or ``callback_public_url``): ``ValueError`` otherwise.
     """
     CONNECTOR.require()
+    events = cloudevents_of(options)
     config = controller.config
     receiver = config.callback_listen or config.callback_public_url
     if options.async_invocations and receiver is None:
@@ -122,7 +141,9 @@ async def run(
     )
     try:
         subscription, max_deliver, ack_wait = await _subscribe(client.jetstream(), options)
-        convert = partial(_convert, options.strip_prefix)
+        convert = partial(
+            _convert, options.strip_prefix, events, wrap_source("nats", options.stream)
+        )
         settle = partial(_settle, options, max_deliver)
         if not options.async_invocations:
             return await run_source(
@@ -287,14 +308,25 @@ def message_id(msg: Msg) -> str:
     return (msg.headers or {}).get("Nats-Msg-Id") or str(msg.metadata.sequence.stream)
 
 
-def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
-    """The subject (without ``strip_prefix``) is the topic, the payload the body."""
+def _convert(strip_prefix: str, events: CloudEvents, source: str, msg: Msg) -> SourceMessage:
+    """The subject (without ``strip_prefix``) is the topic, the payload the body; a
+    CloudEvent (``ce-*`` headers, or structured) is forwarded as ``events`` says."""
     topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
-    return SourceMessage(
+    message = SourceMessage(
         topic=topic,
         body=msg.data,
         message_id=message_id(msg),
         trace_context=trace_context(msg.headers),
+    )
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    return forward(
+        message,
+        events,
+        source=source,
+        attributes=http_attributes(msg.headers),
+        content_type=find_header(msg.headers, "content-type"),
+        time=msg.metadata.timestamp if events.wraps else None,
     )
 
 

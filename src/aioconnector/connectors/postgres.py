@@ -36,13 +36,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, forward, wrap_source
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    describe,
+    trace_context,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -70,6 +80,8 @@ class Options:
         ("openfaas",), "channels to LISTEN on, comma-separated", also_env=("topics",)
     )
     buffer: int = option(1000, "notifications held while every invocation slot is busy")
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("postgres")
 
 
 @attrs.frozen
@@ -96,6 +108,7 @@ async def run(
     CONNECTOR.require()
     import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
 
+    events = cloudevents_of(options)
     send, receive = anyio.create_memory_object_stream[Notification](options.buffer)
     lost: list[str] = []
 
@@ -121,7 +134,7 @@ async def run(
             stats = await run_source(
                 controller,
                 receive,
-                convert=_convert,
+                convert=partial(_convert, events),
                 settle=_settle,
                 stop=stop,
                 stop_signals=stop_signals,
@@ -136,7 +149,17 @@ async def run(
     return stats
 
 
-def _convert(notification: Notification) -> SourceMessage:
+def _convert(events: CloudEvents, notification: Notification) -> SourceMessage:
+    """The notification's message; a structured CloudEvent (as the payload or the envelope's
+    body: there are no headers for binary mode) is forwarded as ``events`` says."""
+    message = _message(notification)
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    # No content type is declared (application/json is ours): a CloudEvent is recognised.
+    return forward(message, events, source=wrap_source("postgres", notification.channel))
+
+
+def _message(notification: Notification) -> SourceMessage:
     """An envelope {"topic", "body", "id"} or a plain payload for the channel's topic."""
     payload = notification.payload
     if not payload.lstrip().startswith("{"):

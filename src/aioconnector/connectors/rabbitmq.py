@@ -42,13 +42,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, amqp_attributes, forward, wrap_source
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    describe,
+    trace_context,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -78,6 +88,8 @@ class Options:
         ("#",), "binding keys, comma-separated", also_env=("topics",)
     )
     max_redeliveries: int = option(5, "redeliveries of a failing message before dead-lettering")
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("rabbitmq")
 
 
 async def run(
@@ -95,6 +107,7 @@ async def run(
     CONNECTOR.require()
     import aio_pika
 
+    events = cloudevents_of(options)
     prefetch = controller.config.max_concurrency  # never more unacked than run_source holds
     stop = stop or anyio.Event()  # run_source sets it on a stop signal
     send, receive = anyio.create_memory_object_stream["AbstractIncomingMessage"](prefetch)
@@ -122,7 +135,7 @@ async def run(
             stats = await run_source(
                 controller,
                 receive,
-                convert=_convert,
+                convert=partial(_convert, events, wrap_source("rabbitmq", options.exchange)),
                 settle=_settle,
                 stop=stop,
                 stop_signals=stop_signals,
@@ -154,18 +167,29 @@ async def _declare(channel: AbstractChannel, options: Options) -> AbstractQueue:
     return queue
 
 
-def _convert(message: AbstractIncomingMessage) -> SourceMessage:
-    """The routing key is the topic; message_id (else the delivery tag) the message id."""
+def _convert(events: CloudEvents, source: str, message: AbstractIncomingMessage) -> SourceMessage:
+    """The routing key is the topic; message_id (else the delivery tag) the message id; a
+    CloudEvent (``cloudEvents_*`` headers, or structured) is forwarded as ``events`` says."""
     headers = {"Content-Type": message.content_type} if message.content_type else {}
     count = (message.headers or {}).get("x-delivery-count")  # absent on the first delivery
     if isinstance(count, int):
         headers["X-Delivery-Count"] = str(count)
-    return SourceMessage(
+    converted = SourceMessage(
         topic=message.routing_key or "",  # "" is not a topic: settled INVALID
         body=message.body,
         headers=headers,
         message_id=message.message_id or f"delivery-tag-{message.delivery_tag}",
         trace_context=trace_context(message.headers),
+    )
+    if events.mode is CloudEventsMode.OFF:
+        return converted
+    return forward(
+        converted,
+        events,
+        source=source,
+        attributes=amqp_attributes(message.headers),
+        content_type=message.content_type,
+        time=message.timestamp if events.wraps else None,
     )
 
 

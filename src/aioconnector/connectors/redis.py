@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -35,8 +36,23 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._cloudevents import (
+    CloudEvents,
+    CloudEventsMode,
+    forward,
+    prefixed_attributes,
+    wrap_source,
+)
 from .._source import Settlement, SourceMessage, run_source
-from ._base import Connector, announce_ready, describe, trace_context
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    describe,
+    trace_context,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -56,6 +72,7 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTOR", "Entry", "Options", "run"]
 
 log = logging.getLogger("aioconnector.connectors.redis")
+_CONTENT_TYPE = b"content-type"  # the field that says what ``body`` is (the Kafka binding's)
 
 
 @attrs.frozen(kw_only=True)
@@ -71,6 +88,8 @@ class Options:
     batch: int = option(16, "entries per read")
     min_idle: int = option(60_000, "ms after which another consumer's pending entry is claimed")
     max_deliveries: int = option(5, "deliveries before a failing entry is dead-lettered")
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("redis")
 
 
 @attrs.frozen
@@ -99,6 +118,7 @@ async def run(
     import redis.asyncio
     import redis.exceptions
 
+    events = cloudevents_of(options)
     if not options.consumer:
         options = attrs.evolve(options, consumer=f"{socket.gethostname()}-{os.getpid()}")
     async with redis.asyncio.Redis.from_url(options.url) as client:
@@ -111,7 +131,7 @@ async def run(
         return await run_source(
             controller,
             _read(client, options),
-            convert=_convert,
+            convert=partial(_convert, events),
             settle=partial(_settle, client, options),
             stop=stop,
             stop_signals=stop_signals,
@@ -168,18 +188,35 @@ async def _reclaim(
     return next_cursor.decode(), entries
 
 
-def _convert(entry: Entry) -> SourceMessage:
-    """``topic`` (or the stream's name) is the topic, ``body`` the body."""
+def _convert(events: CloudEvents, entry: Entry) -> SourceMessage:
+    """``topic`` (or the stream's name) is the topic, ``body`` the body; a CloudEvent
+    (``ce_*`` fields, or structured) is forwarded as ``events`` says."""
     body = entry.fields.get(b"body")
     if body is None:
         raise ValueError(f"entry {entry.stream}/{entry.id} has no 'body' field")
     topic = entry.fields.get(b"topic")
-    return SourceMessage(
+    message = SourceMessage(
         topic=entry.stream if topic is None else topic.decode(),
         body=body,
         message_id=f"{entry.stream}/{entry.id}",
         trace_context=trace_context(entry.fields),  # fields "traceparent", "tracestate"
     )
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    content_type = entry.fields.get(_CONTENT_TYPE)
+    return forward(
+        message,
+        events,
+        source=wrap_source("redis", entry.stream),
+        attributes=prefixed_attributes(entry.fields, b"ce_"),
+        content_type=None if content_type is None else content_type.decode(),
+        time=_added_at(entry.id) if events.wraps else None,
+    )
+
+
+def _added_at(entry_id: str) -> datetime:
+    """When the entry was added: its id is ``<milliseconds since the epoch>-<sequence>``."""
+    return datetime.fromtimestamp(int(entry_id.partition("-")[0]) / 1000, timezone.utc)
 
 
 async def _settle(
