@@ -342,7 +342,7 @@ def test_wrap_gives_a_message_without_an_id_a_random_one_and_omits_what_it_lacks
 
 def test_the_source_of_wrapped_messages_is_one_path_segment_per_name() -> None:
     assert wrap_source("redis", "orders") == "aioconnector/redis/orders"
-    assert wrap_source("mqtt", "host:1883") == "aioconnector/mqtt/host%3A1883"
+    assert wrap_source("mqtt", "host:1883") == "aioconnector/mqtt/host:1883"
     assert wrap_source("rabbitmq", "a/b c") == "aioconnector/rabbitmq/a%2Fb%20c"
 
 

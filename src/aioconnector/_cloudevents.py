@@ -23,8 +23,8 @@ event format (``application/cloudevents+avro``...) goes on as it came, with its 
 Everything here is a pure function. A message that claims to be a CloudEvent but breaks its
 binding (an attribute name that is not lower-case letters and digits, a value that is not a
 CloudEvents type, bad percent-encoding, a structured event that is not a JSON event of
-specversion 1.0 when it must be converted) raises ``ValueError``, which `run_source` settles
-INVALID.
+specversion 1.0 when it must be converted) raises ``ValueError`` (``TypeError`` for a JSON
+member of the wrong type), which `run_source` settles INVALID, logging why.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ _QUOTED_PAIR: Final = re.compile(r"\\(.)", re.DOTALL)
 _HEADER_TEXT: Final = re.compile(r"[\t\x20-\x7e]*")
 _OBJECT: Final = re.compile(rb"[ \t\r\n]*\{")  # JSON whitespace, then an object
 _ABSENT: Final = object()
+_SEGMENT: Final = "!$&'()*+,;=:@"  # what a URI path segment may hold besides unreserved
 _AMQP_PREFIXES: Final = ("cloudEvents_", "cloudEvents:", "ce-")  # the spec's two, the SDK's one
 
 
@@ -141,8 +142,8 @@ def forward(
     message declared (not one the connector chose). A wrapped message (WRAP) gets ``id`` =
     ``message.message_id`` (a random one when it has none), ``source``, ``type`` =
     ``settings.type``, ``subject`` = its topic, ``time`` when given, and ``datacontenttype``
-    = ``content_type`` or the ``Content-Type`` among ``message.headers``. ``ValueError`` when
-    the message claims to be a CloudEvent but breaks its binding.
+    = ``content_type`` or the ``Content-Type`` among ``message.headers``. ``ValueError`` (or
+    ``TypeError``) when the message claims to be a CloudEvent but breaks its binding.
     """
     mode = settings.mode
     if mode is CloudEventsMode.OFF:
@@ -373,8 +374,8 @@ def format_time(time: datetime) -> str:
 
 def wrap_source(broker: str, name: str) -> str:
     """The ``source`` of a wrapped message: ``aioconnector/<broker>/<name>`` (``name``, the
-    stream, exchange, channel... percent-encoded as one URI path segment)."""
-    return f"aioconnector/{broker}/{quote(name, safe='')}"
+    stream, exchange, channel... percent-encoded where a URI path segment needs it)."""
+    return f"aioconnector/{broker}/{quote(name, safe=_SEGMENT)}"
 
 
 # -- the brokers' bindings: where binary-mode attributes are --------------------------------

@@ -28,7 +28,13 @@ start without --client-id; with it, no clean start and a session expiry interval
 as a 3.1.1 persistent session does (until the broker's own limit, e.g. mosquitto's
 persistent_client_expiration, or a clean start under that id). A publisher's MQTT 5 user
 properties ``traceparent`` and ``tracestate`` then continue its trace (under 3.1.1, only a
-structured CloudEvent payload can carry one); other user properties are not forwarded.
+structured CloudEvent payload can carry one); other user properties are not forwarded, but
+for a CloudEvent's attributes.
+
+--cloudevents (default keep): a CloudEvent (MQTT 5 user properties named as its attributes and
+the Content Type property, or a structured payload) goes to functions in HTTP binary mode, or
+structured as it came; binary converts structured ones, wrap also wraps plain messages (source
+aioconnector/mqtt/<host>:<port>, type --cloudevents-type). See docs/connectors.md, CloudEvents.
 
 MQTT has no negative acknowledgement: a message whose invocation failed (after the controller's
 own retries, see RetryPolicy), whose topic no function subscribes to, or that cannot be invoked

@@ -21,6 +21,11 @@ JetStream as in progress every third of ack_wait, so it is not redelivered while
 runs; it counts in max_concurrency until it is settled. A callback that does not come within
 callback_timeout is a failure (nak).
 
+--cloudevents (default keep): a CloudEvent (``ce-*`` headers, or a structured payload) goes to
+functions in HTTP binary mode, or structured as it came; binary converts structured ones, wrap
+also wraps plain messages (source aioconnector/nats/<stream>, type --cloudevents-type). See
+docs/connectors.md, CloudEvents.
+
 The stream and the durable consumer are created when missing (an existing one keeps its
 settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
 no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the

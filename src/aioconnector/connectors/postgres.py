@@ -8,6 +8,12 @@ A notification's payload says what to invoke:
 - any other payload: the channel is the topic and the payload the body, as it is (so
   `pg_notify('orders', row_to_json(NEW)::text)` works), without X-Message-Id.
 
+--cloudevents (default keep): a structured CloudEvent (the payload, or the envelope's "body";
+NOTIFY has no headers for binary mode) goes on as it came with Content-Type
+application/cloudevents+json; binary converts it to HTTP binary mode, wrap also wraps plain
+notifications (source aioconnector/postgres/<channel>, type --cloudevents-type). See
+docs/connectors.md, CloudEvents.
+
 A payload that starts with "{" but is not JSON, or an envelope whose "topic" is not a string,
 is settled INVALID: logged and skipped, and the connector goes on.
 

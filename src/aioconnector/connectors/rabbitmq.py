@@ -30,6 +30,12 @@ concurrently), and redelivered messages come back out of order (max_concurrency=
 time). Without a message_id property the id is the delivery tag, unique only within one
 channel: set message_id when publishing if functions deduplicate.
 
+--cloudevents (default keep): a CloudEvent (``cloudEvents_*``/``cloudEvents:*`` application
+headers, or content type application/cloudevents+json) goes to functions in HTTP binary mode,
+or structured as it came; binary converts structured ones, wrap also wraps plain messages
+(source aioconnector/rabbitmq/<exchange>, type --cloudevents-type). See docs/connectors.md,
+CloudEvents.
+
 Replicas with the same --queue are competing consumers: they share the work. Needs
 ``pip install 'aioconnector[rabbitmq]'``:
 

@@ -2,6 +2,10 @@
 
 An entry's ``topic`` field is its topic (without one, the stream's name is), its ``body`` field
 the body; ``X-Message-Id`` is ``<stream>/<entry id>``. An entry without ``body`` is invalid.
+--cloudevents (default keep): a CloudEvent (``ce_<attribute>`` fields and a ``content-type``
+field, or a structured ``body``) goes to functions in HTTP binary mode, or structured as it
+came; binary converts structured ones, wrap also wraps plain entries (source
+aioconnector/redis/<stream>, type --cloudevents-type). See docs/connectors.md, CloudEvents.
 
 Delivery is at least once, in no particular order (up to max_concurrency entries at once):
 
