@@ -427,6 +427,8 @@ def test_every_connector_has_the_flags_and_variables(broker: str) -> None:
     assert flagged.cloudevents == "binary"  # the flag wins
     with pytest.raises(ValueError, match=f"{broker}_cloudevents: expected one of off, keep"):
         connector.settings({}, {f"{broker}_cloudevents": "yes"})
+    with pytest.raises(ValueError, match="cloudevents_type must not be blank"):
+        connector.options(cloudevents_type=" ")  # at once, not when the connector runs
 
 
 # -- trace context: a CloudEvent's traceparent extension still parents the consumer span -----

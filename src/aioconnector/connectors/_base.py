@@ -142,7 +142,11 @@ def cloudevents_option() -> str:
 
 def cloudevents_type_option(broker: str) -> str:
     """The ``cloudevents_type`` option: ``--cloudevents-type TYPE``, for wrapped messages."""
-    return option(f"aioconnector.{broker}.message", "type of the messages --cloudevents wrap wraps")
+    return option(
+        f"aioconnector.{broker}.message",
+        "type of the messages --cloudevents wrap wraps",
+        blank=False,  # a required attribute
+    )
 
 
 class _HasCloudEvents(Protocol):
