@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import signal
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 import attrs
 
+from .._cloudevents import MODES, CloudEvents
 from .._errors import MissingExtraError
 from .._outcome import OutcomeKind
-from ._settings import controller_config, health_port, log_level, options_from
+from ._settings import controller_config, health_port, log_level, option, options_from
 
 if TYPE_CHECKING:
     import logging
@@ -33,6 +34,9 @@ __all__ = [
     "Connector",
     "Settings",
     "announce_ready",
+    "cloudevents_of",
+    "cloudevents_option",
+    "cloudevents_type_option",
     "log_outcome",
     "trace_context",
     "unroutable",
@@ -127,6 +131,37 @@ def trace_context(fields: Mapping[Any, Any] | None) -> dict[str, str] | None:
             if isinstance(text, str):
                 found[key.lower()] = text
     return found or None
+
+
+def cloudevents_option() -> str:
+    """The ``cloudevents`` option every connector has: ``--cloudevents MODE``."""
+    return option(
+        "keep",
+        "CloudEvents: off, keep (each in its mode), binary (all in binary mode), wrap (plain too)",
+        choices=MODES,
+    )
+
+
+def cloudevents_type_option(broker: str) -> str:
+    """The ``cloudevents_type`` option: ``--cloudevents-type TYPE``, for wrapped messages."""
+    return option(
+        f"aioconnector.{broker}.message",
+        "type of the messages --cloudevents wrap wraps",
+        blank=False,  # a required attribute
+    )
+
+
+class _HasCloudEvents(Protocol):
+    @property
+    def cloudevents(self) -> str: ...
+    @property
+    def cloudevents_type(self) -> str: ...
+
+
+def cloudevents_of(options: _HasCloudEvents) -> CloudEvents:
+    """How the connector forwards CloudEvents, from its options (``ValueError`` for an empty
+    type)."""
+    return CloudEvents(mode=options.cloudevents, type=options.cloudevents_type)
 
 
 def announce_ready(logger: logging.Logger, what: str) -> None:

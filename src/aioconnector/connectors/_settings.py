@@ -102,12 +102,14 @@ def _parser_of(field: attrs.Attribute[Any]) -> Callable[[str], Any]:
 
 
 def _check(
-    kind: type, choices: tuple[str, ...] = ()
+    kind: type, choices: tuple[str, ...] = (), *, blank: bool = True
 ) -> Callable[[object, attrs.Attribute[Any], object], None]:
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
         name = attribute.name
         if choices and isinstance(value, str) and value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        if not blank and isinstance(value, str) and not value.strip():
+            raise ValueError(f"{name} must not be blank")
         if kind is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -144,13 +146,19 @@ _CONVERTERS: Final[dict[type, Callable[[object], object]]] = {tuple: _to_tuple, 
 
 
 def option(
-    default: T, help: str, *, also_env: tuple[str, ...] = (), choices: tuple[str, ...] = ()
+    default: T,
+    help: str,
+    *,
+    also_env: tuple[str, ...] = (),
+    choices: tuple[str, ...] = (),
+    blank: bool = True,
 ) -> T:
     """A field of a connector's options class that is also a flag and a variable.
 
     ``also_env``: more variables read, in order, when the connector's own is not set (e.g.
     ``topics``, which OpenFaaS connectors use for what to subscribe to). ``choices``: the
-    values a ``str`` option may take (its default one of them).
+    values a ``str`` option may take (its default one of them). ``blank=False``: a ``str``
+    option that must not be empty.
     """
     kind = type(default)
     if kind not in _PARSERS:
@@ -162,7 +170,7 @@ def option(
     field: T = attrs.field(
         default=default,
         converter=_CONVERTERS.get(kind),
-        validator=_check(kind, choices),
+        validator=_check(kind, choices, blank=blank),
         metadata={_HELP: help, _ALSO: also_env, _CHOICES: choices},
     )
     return field

@@ -28,7 +28,13 @@ start without --client-id; with it, no clean start and a session expiry interval
 as a 3.1.1 persistent session does (until the broker's own limit, e.g. mosquitto's
 persistent_client_expiration, or a clean start under that id). A publisher's MQTT 5 user
 properties ``traceparent`` and ``tracestate`` then continue its trace (under 3.1.1, only a
-structured CloudEvent payload can carry one); other user properties are not forwarded.
+structured CloudEvent payload can carry one); other user properties are not forwarded, but
+for a CloudEvent's attributes.
+
+--cloudevents (default keep): a CloudEvent (MQTT 5 user properties named as its attributes and
+the Content Type property, or a structured payload) goes to functions in HTTP binary mode, or
+structured as it came; binary converts structured ones, wrap also wraps plain messages (source
+aioconnector/mqtt/<host>:<port>, type --cloudevents-type). See docs/connectors.md, CloudEvents.
 
 MQTT has no negative acknowledgement and no delivery count, so in aioconnector's outcome model
 (OutcomePolicy) every delivery is the last: a message whose invocation failed (after the
@@ -54,14 +60,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, forward, mqtt_attributes, wrap_source
 from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
 from .._source import SourceMessage, run_source
-from ._base import Connector, announce_ready, log_outcome, trace_context, unroutable
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    log_outcome,
+    trace_context,
+    unroutable,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -107,6 +124,8 @@ class Options:
     unroutable: str = option(
         "dead-letter", "unmatched/invalid messages: dead-letter or drop", choices=_FINAL
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("mqtt")
 
 
 async def run(
@@ -125,6 +144,7 @@ async def run(
     import aiomqtt
 
     _check_dead_letter_topic(options)
+    events = cloudevents_of(options)
     persistent = bool(options.client_id)
     client = aiomqtt.Client(
         options.host,
@@ -144,7 +164,9 @@ async def run(
         return await run_source(
             controller,
             client.messages,
-            convert=_convert,
+            convert=partial(
+                _convert, events, wrap_source("mqtt", f"{options.host}:{options.port}")
+            ),
             settle=_Settle(client, options, _policy(options), persistent=persistent),
             stop=stop,
             stop_signals=stop_signals,
@@ -191,21 +213,26 @@ def message_id(topic: str, payload: bytes) -> str:
     return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
 
 
-def _convert(message: aiomqtt.Message) -> SourceMessage:
-    """The MQTT topic is the topic, the payload the body."""
+def _convert(events: CloudEvents, source: str, message: aiomqtt.Message) -> SourceMessage:
+    """The MQTT topic is the topic, the payload the body; a CloudEvent (MQTT 5 user
+    properties, or structured) is forwarded as ``events`` says."""
     topic = message.topic.value
-    return SourceMessage(
+    pairs = getattr(message.properties, "UserProperty", None) or []  # MQTT 5 only
+    converted = SourceMessage(
         topic=topic,
         body=message.payload,
         message_id=message_id(topic, message.payload),
-        trace_context=_user_properties(message),
+        trace_context=trace_context(dict(pairs)),  # where a publisher puts ``traceparent``
     )
-
-
-def _user_properties(message: aiomqtt.Message) -> dict[str, str] | None:
-    """MQTT 5 user properties: where a publisher puts ``traceparent``."""
-    pairs = getattr(message.properties, "UserProperty", None) or ()
-    return trace_context(dict(pairs))
+    if events.mode is CloudEventsMode.OFF:
+        return converted
+    return forward(
+        converted,
+        events,
+        source=source,
+        attributes=mqtt_attributes(pairs),
+        content_type=getattr(message.properties, "ContentType", None),
+    )
 
 
 @attrs.frozen

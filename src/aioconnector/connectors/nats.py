@@ -33,6 +33,11 @@ gateway reaches it): for functions that run for minutes. It stays in progress me
 counts in max_concurrency until it is settled. A callback that does not come within
 callback_timeout is a failure (nak).
 
+--cloudevents (default keep): a CloudEvent (``ce-*`` headers, or a structured payload) goes to
+functions in HTTP binary mode, or structured as it came; binary converts structured ones, wrap
+also wraps plain messages (source aioconnector/nats/<stream>, type --cloudevents-type). See
+docs/connectors.md, CloudEvents.
+
 The stream and the durable consumer are created when missing (an existing one keeps its
 settings). Several connectors with the same --durable share the work. SIGTERM or SIGINT: fetch
 no more, finish the invocations in flight (up to drain_timeout), ack what finished, leave the
@@ -55,10 +60,28 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._cloudevents import (
+    CloudEvents,
+    CloudEventsMode,
+    find_header,
+    forward,
+    http_attributes,
+    wrap_source,
+)
 from .._errors import only_exception
 from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
 from .._source import SourceMessage, run_source
-from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
+from ._base import (
+    UNROUTABLE,
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    log_outcome,
+    trace_context,
+    unroutable,
+)
 from ._settings import option
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -112,6 +135,8 @@ class Options:
     async_invocations: bool = option(
         default=False, help="invoke via /async-function/, ack once the callbacks came"
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("nats")
 
 
 async def run(
@@ -129,6 +154,7 @@ async def run(
     (``callback_listen`` or ``callback_public_url``): ``ValueError`` otherwise.
     """
     CONNECTOR.require()
+    events = cloudevents_of(options)
     config = controller.config
     receiver = config.callback_listen or config.callback_public_url
     if options.async_invocations and receiver is None:
@@ -151,7 +177,9 @@ async def run(
             controller,
             _fetch(subscription, options, leases),
             leases,
-            convert=partial(_convert, options.strip_prefix),
+            convert=partial(
+                _convert, options.strip_prefix, events, wrap_source("nats", options.stream)
+            ),
             settle=_Settle(js, options, _policy(options, max_deliver), leases),
             stop=stop,
             stop_signals=stop_signals,
@@ -323,14 +351,25 @@ def message_id(msg: Msg) -> str:
     return (msg.headers or {}).get("Nats-Msg-Id") or str(msg.metadata.sequence.stream)
 
 
-def _convert(strip_prefix: str, msg: Msg) -> SourceMessage:
-    """The subject (without ``strip_prefix``) is the topic, the payload the body."""
+def _convert(strip_prefix: str, events: CloudEvents, source: str, msg: Msg) -> SourceMessage:
+    """The subject (without ``strip_prefix``) is the topic, the payload the body; a
+    CloudEvent (``ce-*`` headers, or structured) is forwarded as ``events`` says."""
     topic = msg.subject.removeprefix(strip_prefix) if strip_prefix else msg.subject
-    return SourceMessage(
+    message = SourceMessage(
         topic=topic,
         body=msg.data,
         message_id=message_id(msg),
         trace_context=trace_context(msg.headers),
+    )
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    return forward(
+        message,
+        events,
+        source=source,
+        attributes=http_attributes(msg.headers),
+        content_type=find_header(msg.headers, "content-type"),
+        time=msg.metadata.timestamp if events.wraps else None,
     )
 
 

@@ -8,6 +8,12 @@ A notification's payload says what to invoke:
 - any other payload: the channel is the topic and the payload the body, as it is (so
   `pg_notify('orders', row_to_json(NEW)::text)` works), without X-Message-Id.
 
+--cloudevents (default keep): a structured CloudEvent (the payload, or the envelope's "body";
+NOTIFY has no headers for binary mode) goes on as it came with Content-Type
+application/cloudevents+json; binary converts it to HTTP binary mode, wrap also wraps plain
+notifications (source aioconnector/postgres/<channel>, type --cloudevents-type). See
+docs/connectors.md, CloudEvents.
+
 A payload that starts with "{" but is not JSON, or an envelope whose "topic" is not a string,
 is settled INVALID: dead-lettered (see below), and the connector goes on.
 
@@ -44,14 +50,25 @@ import contextlib
 import json
 import logging
 import re
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, forward, wrap_source
 from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
 from .._source import SourceMessage, run_source
-from ._base import Connector, announce_ready, log_outcome, trace_context, unroutable
+from ._base import (
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    log_outcome,
+    trace_context,
+    unroutable,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -89,6 +106,8 @@ class Options:
     unroutable: str = option(
         "dead-letter", "unmatched/invalid notifications: dead-letter or drop", choices=_FINAL
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("postgres")
 
 
 @attrs.frozen
@@ -116,6 +135,7 @@ async def run(
     import asyncpg  # type: ignore[import-untyped]  # no type hints (asyncpg-stubs has them)
 
     table = _quoted_table(options.dead_letter_table)
+    events = cloudevents_of(options)
 
     send, receive = anyio.create_memory_object_stream[Notification](options.buffer)
     lost: list[str] = []
@@ -144,7 +164,7 @@ async def run(
             stats = await run_source(
                 controller,
                 receive,
-                convert=_convert,
+                convert=partial(_convert, events),
                 settle=_Settle(connection, table, _policy(options)),
                 stop=stop,
                 stop_signals=stop_signals,
@@ -159,7 +179,17 @@ async def run(
     return stats
 
 
-def _convert(notification: Notification) -> SourceMessage:
+def _convert(events: CloudEvents, notification: Notification) -> SourceMessage:
+    """The notification's message; a structured CloudEvent (as the payload or the envelope's
+    body: there are no headers for binary mode) is forwarded as ``events`` says."""
+    message = _message(notification)
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    # No content type is declared (application/json is ours): a CloudEvent is recognised.
+    return forward(message, events, source=wrap_source("postgres", notification.channel))
+
+
+def _message(notification: Notification) -> SourceMessage:
     """An envelope {"topic", "body", "id"} or a plain payload for the channel's topic."""
     payload = notification.payload
     if not payload.lstrip().startswith("{"):

@@ -41,6 +41,12 @@ concurrently), and redelivered messages come back out of order (max_concurrency=
 time). Without a message_id property the id is the delivery tag, unique only within one
 channel: set message_id when publishing if functions deduplicate.
 
+--cloudevents (default keep): a CloudEvent (``cloudEvents_*``/``cloudEvents:*`` application
+headers, or content type application/cloudevents+json) goes to functions in HTTP binary mode,
+or structured as it came; binary converts structured ones, wrap also wraps plain messages
+(source aioconnector/rabbitmq/<exchange>, type --cloudevents-type). See docs/connectors.md,
+CloudEvents.
+
 Replicas with the same --queue are competing consumers: they share the work. Needs
 ``pip install 'aioconnector[rabbitmq]'``:
 
@@ -53,14 +59,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 import attrs
 
+from .._cloudevents import CloudEvents, CloudEventsMode, amqp_attributes, forward, wrap_source
 from .._outcome import OutcomeKind, OutcomePolicy, outcome_of
 from .._source import SourceMessage, run_source
-from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
+from ._base import (
+    UNROUTABLE,
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    log_outcome,
+    trace_context,
+    unroutable,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -99,6 +117,8 @@ class Options:
     unroutable: str = option(
         "dead-letter", "unmatched/invalid messages: dead-letter, drop or retry", choices=UNROUTABLE
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("rabbitmq")
 
 
 async def run(
@@ -116,6 +136,7 @@ async def run(
     CONNECTOR.require()
     import aio_pika
 
+    events = cloudevents_of(options)
     prefetch = controller.config.max_concurrency  # never more unacked than run_source holds
     stop = stop or anyio.Event()  # run_source sets it on a stop signal
     send, receive = anyio.create_memory_object_stream["AbstractIncomingMessage"](prefetch)
@@ -144,7 +165,7 @@ async def run(
             stats = await run_source(
                 controller,
                 receive,
-                convert=_convert,
+                convert=partial(_convert, events, wrap_source("rabbitmq", options.exchange)),
                 settle=_Settle(dead, _policy(options)),
                 stop=stop,
                 stop_signals=stop_signals,
@@ -194,18 +215,29 @@ def deliveries(message: AbstractIncomingMessage) -> int:
     return count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1
 
 
-def _convert(message: AbstractIncomingMessage) -> SourceMessage:
-    """The routing key is the topic; message_id (else the delivery tag) the message id."""
+def _convert(events: CloudEvents, source: str, message: AbstractIncomingMessage) -> SourceMessage:
+    """The routing key is the topic; message_id (else the delivery tag) the message id; a
+    CloudEvent (``cloudEvents_*`` headers, or structured) is forwarded as ``events`` says."""
     headers = {"Content-Type": message.content_type} if message.content_type else {}
     count = (message.headers or {}).get("x-delivery-count")  # absent on the first delivery
     if isinstance(count, int):
         headers["X-Delivery-Count"] = str(count)
-    return SourceMessage(
+    converted = SourceMessage(
         topic=message.routing_key or "",  # "" is not a topic: settled INVALID
         body=message.body,
         headers=headers,
         message_id=message.message_id or f"delivery-tag-{message.delivery_tag}",
         trace_context=trace_context(message.headers),
+    )
+    if events.mode is CloudEventsMode.OFF:
+        return converted
+    return forward(
+        converted,
+        events,
+        source=source,
+        attributes=amqp_attributes(message.headers),
+        content_type=message.content_type,
+        time=message.timestamp if events.wraps else None,
     )
 
 

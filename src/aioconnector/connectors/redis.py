@@ -2,6 +2,10 @@
 
 An entry's ``topic`` field is its topic (without one, the stream's name is), its ``body`` field
 the body; ``X-Message-Id`` is ``<stream>/<entry id>``. An entry without ``body`` is invalid.
+--cloudevents (default keep): a CloudEvent (``ce_<attribute>`` fields and a ``content-type``
+field, or a structured ``body``) goes to functions in HTTP binary mode, or structured as it
+came; binary converts structured ones, wrap also wraps plain entries (source
+aioconnector/redis/<stream>, type --cloudevents-type). See docs/connectors.md, CloudEvents.
 
 Delivery is at least once, in no particular order (up to max_concurrency entries at once):
 
@@ -38,6 +42,7 @@ import functools
 import logging
 import os
 import socket
+from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -45,9 +50,26 @@ import anyio
 import anyio.lowlevel
 import attrs
 
+from .._cloudevents import (
+    CloudEvents,
+    CloudEventsMode,
+    forward,
+    prefixed_attributes,
+    wrap_source,
+)
 from .._outcome import OutcomeKind, OutcomePolicy, OutcomeReason, outcome_of
 from .._source import SourceMessage, run_source
-from ._base import UNROUTABLE, Connector, announce_ready, log_outcome, trace_context, unroutable
+from ._base import (
+    UNROUTABLE,
+    Connector,
+    announce_ready,
+    cloudevents_of,
+    cloudevents_option,
+    cloudevents_type_option,
+    log_outcome,
+    trace_context,
+    unroutable,
+)
 from ._settings import option
 
 if TYPE_CHECKING:
@@ -68,6 +90,7 @@ if TYPE_CHECKING:
 __all__ = ["CONNECTOR", "Entry", "Options", "run"]
 
 log = logging.getLogger("aioconnector.connectors.redis")
+_CONTENT_TYPE = b"content-type"  # the field that says what ``body`` is (the Kafka binding's)
 
 
 @attrs.frozen(kw_only=True)
@@ -88,6 +111,8 @@ class Options:
     unroutable: str = option(
         "dead-letter", "unmatched/invalid entries: dead-letter, drop or retry", choices=UNROUTABLE
     )
+    cloudevents: str = cloudevents_option()
+    cloudevents_type: str = cloudevents_type_option("redis")
 
 
 @attrs.frozen
@@ -134,6 +159,7 @@ async def run(
     import redis.asyncio
     import redis.exceptions
 
+    events = cloudevents_of(options)
     if not options.consumer:
         options = attrs.evolve(options, consumer=f"{socket.gethostname()}-{os.getpid()}")
     async with redis.asyncio.Redis.from_url(options.url) as client:
@@ -149,7 +175,7 @@ async def run(
             stats = await run_source(
                 controller,
                 _read(client, options, held),
-                convert=_convert,
+                convert=partial(_convert, events),
                 settle=partial(_settle, client, options, held=held),
                 stop=stop,
                 stop_signals=stop_signals,
@@ -224,18 +250,35 @@ async def _reclaim(
     return next_cursor.decode(), entries
 
 
-def _convert(entry: Entry) -> SourceMessage:
-    """``topic`` (or the stream's name) is the topic, ``body`` the body."""
+def _convert(events: CloudEvents, entry: Entry) -> SourceMessage:
+    """``topic`` (or the stream's name) is the topic, ``body`` the body; a CloudEvent
+    (``ce_*`` fields, or structured) is forwarded as ``events`` says."""
     body = entry.fields.get(b"body")
     if body is None:
         raise ValueError(f"entry {entry.stream}/{entry.id} has no 'body' field")
     topic = entry.fields.get(b"topic")
-    return SourceMessage(
+    message = SourceMessage(
         topic=entry.stream if topic is None else topic.decode(),
         body=body,
         message_id=f"{entry.stream}/{entry.id}",
         trace_context=trace_context(entry.fields),  # fields "traceparent", "tracestate"
     )
+    if events.mode is CloudEventsMode.OFF:
+        return message
+    content_type = entry.fields.get(_CONTENT_TYPE)
+    return forward(
+        message,
+        events,
+        source=wrap_source("redis", entry.stream),
+        attributes=prefixed_attributes(entry.fields, b"ce_"),
+        content_type=None if content_type is None else content_type.decode(),
+        time=_added_at(entry.id) if events.wraps else None,
+    )
+
+
+def _added_at(entry_id: str) -> datetime:
+    """When the entry was added: its id is ``<milliseconds since the epoch>-<sequence>``."""
+    return datetime.fromtimestamp(int(entry_id.partition("-")[0]) / 1000, timezone.utc)
 
 
 async def _settle(
