@@ -109,7 +109,9 @@ def _printable(text: str) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    text = _printable(text)
+    # Cut before escaping (escaping only lengthens): an exception quoting a 100 KB payload
+    # costs `limit` characters of work, not 100 K.
+    text = _printable(text[: limit + 1])
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -209,7 +211,8 @@ class OutcomeReason:
         made it INVALID."""
         if settlement is Settlement.ACK:
             raise ValueError("an acknowledged message has no reason")
-        failures = [InvocationFailure.of(r) for r in results if not r.ok]
+        failed = [r for r in results if not r.ok]
+        failures = [InvocationFailure.of(r) for r in failed[:MAX_FAILURES]]
         return cls(
             cause=_CAUSES[settlement],
             detail="" if error is None else str(error),
@@ -217,8 +220,8 @@ class OutcomeReason:
             topic=topic,
             message_id=message_id,
             deliveries=deliveries,
-            failures=failures[:MAX_FAILURES],
-            failed=len(failures),
+            failures=failures,
+            failed=len(failed),
         )
 
     @property
